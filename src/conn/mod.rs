@@ -1,0 +1,379 @@
+//! One RTMP connection: the driver between a socket and a [`ServerSession`], and between the
+//! session's requests and the shard's [`Registry`].
+//!
+//! # Lifecycle
+//! Each accepted socket gets two tasks on its shard:
+//! - the **reader** (this module's [`serve`]): reads, feeds the session, answers its events
+//!   (publish, play, media, close) and relays media into the stream registry;
+//! - the **writer**: drains the connection's [`OutQueue`] (the session's own replies and, for a
+//!   player, the shared frames of the stream) with vectored writes.
+//!
+//! The reader ends on end of stream, a socket error, a protocol violation or a timeout; the
+//! writer ends when the queue is closed (slow subscriber, server-side close) or on a write error,
+//! and shuts the socket down so the reader wakes too. Cleanup runs once, in the reader: every
+//! stream the connection published is unpublished and every play is left, so nothing it touched
+//! outlives it.
+
+mod socket;
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_lite::FutureExt;
+use glommio::net::TcpStream;
+use rtmp_proto::command::code;
+use rtmp_proto::handshake::RANDOM_LEN;
+use rtmp_proto::session::{ServerEvent, ServerSession, SessionConfig, SessionError};
+use tracing::{debug, info, warn};
+
+pub use socket::Socket;
+
+use crate::metrics::ShardCounters;
+use crate::stream::{
+    CloseReason, OutQueue, PublisherInfo, Registry, Stream, StreamKey, Subscriber,
+};
+
+/// Bytes asked of the kernel per read while playing or idle: players send little.
+const SMALL_READ: usize = 4 * 1024;
+/// Bytes asked per read once publishing: a video keyframe arrives in few reads.
+const LARGE_READ: usize = 64 * 1024;
+/// How long a closing connection may take to flush its last replies (a refused publisher's
+/// BadName, a Play.Stop) before it is dropped anyway.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a shard gives every connection it accepts.
+#[derive(Debug)]
+pub struct ConnContext {
+    pub shard_id: usize,
+    pub registry: Registry,
+    pub counters: Rc<ShardCounters>,
+    pub session: SessionConfig,
+    pub handshake_timeout: Duration,
+    /// Time base for handshake timestamps.
+    pub epoch: Instant,
+    next_conn_id: Cell<u64>,
+    rng: Cell<u64>,
+}
+
+impl ConnContext {
+    pub fn new(
+        shard_id: usize,
+        registry: Registry,
+        counters: Rc<ShardCounters>,
+        session: SessionConfig,
+        handshake_timeout: Duration,
+    ) -> Self {
+        let epoch = Instant::now();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64);
+        Self {
+            shard_id,
+            registry,
+            counters,
+            session,
+            handshake_timeout,
+            epoch,
+            // Connection ids are unique across shards: the shard id is in the top bits.
+            next_conn_id: Cell::new((shard_id as u64) << 48),
+            rng: Cell::new(seed ^ (shard_id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+        }
+    }
+
+    fn next_conn_id(&self) -> u64 {
+        let id = self.next_conn_id.get() + 1;
+        self.next_conn_id.set(id);
+        id
+    }
+
+    /// Handshake filler bytes. The handshake's randomness protects nothing (RTMP has no secret
+    /// in it), so a fast xorshift is enough.
+    fn random_bytes(&self) -> Vec<u8> {
+        let mut state = self.rng.get();
+        let mut out = Vec::with_capacity(RANDOM_LEN);
+        while out.len() < RANDOM_LEN {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            out.extend_from_slice(&state.to_le_bytes());
+        }
+        self.rng.set(state);
+        out.truncate(RANDOM_LEN);
+        out
+    }
+}
+
+/// Why a connection ended, for the close log line and the counters.
+#[derive(Debug)]
+enum Ended {
+    /// The peer closed.
+    PeerClosed,
+    /// The socket failed.
+    Io(std::io::Error),
+    /// No connect within the handshake timeout.
+    HandshakeTimeout,
+    /// The peer broke the protocol.
+    Protocol(SessionError),
+    /// The server closed it (its queue says why).
+    Server(CloseReason),
+    /// A publish was refused; the reply is sent before closing.
+    PublishRefused,
+}
+
+/// Serves one accepted connection until it ends. Never panics on peer input; every error ends
+/// this connection only.
+pub async fn serve(ctx: Rc<ConnContext>, stream: TcpStream) {
+    let conn_id = ctx.next_conn_id();
+    let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(%peer, error = %e, "could not set TCP_NODELAY");
+    }
+    ctx.counters.connections_accepted.inc();
+    ctx.counters.connections_open.inc();
+    debug!(shard = ctx.shard_id, conn = conn_id, %peer, "connection opened");
+
+    let socket = Rc::new(Socket::new(stream));
+    let queue = Rc::new(OutQueue::new(Instant::now()));
+    let writer = {
+        let socket = socket.clone();
+        let queue = queue.clone();
+        glommio::spawn_local(async move {
+            let result = socket.drain(&queue).await;
+            socket.shutdown();
+            result
+        })
+    };
+
+    let epoch_ms = ctx.epoch.elapsed().as_millis() as u32;
+    let session = ServerSession::new(ctx.session, epoch_ms, &ctx.random_bytes());
+    let mut conn = Connection {
+        ctx: ctx.clone(),
+        conn_id,
+        peer,
+        socket,
+        queue: queue.clone(),
+        session,
+        publishing: Vec::new(),
+        playing: Vec::new(),
+    };
+    let ended = conn.run().await;
+    conn.cleanup();
+
+    match &ended {
+        Ended::PeerClosed => debug!(conn = conn_id, %peer, "connection closed by peer"),
+        Ended::Io(e) => {
+            debug!(conn = conn_id, %peer, error = %e, "connection closed on socket error")
+        }
+        Ended::HandshakeTimeout => {
+            ctx.counters.handshake_timeouts.inc();
+            warn!(conn = conn_id, %peer, "closing connection: no connect within the handshake timeout");
+        }
+        Ended::Protocol(e) => {
+            if matches!(e, SessionError::Handshake(_)) {
+                ctx.counters.handshake_failures.inc();
+            }
+            ctx.counters.protocol_errors.inc();
+            warn!(conn = conn_id, %peer, kind = e.kind(), reason = %e, "closing connection: protocol violation");
+        }
+        Ended::Server(reason) => {
+            debug!(conn = conn_id, %peer, reason = reason.as_str(), "connection closed by server")
+        }
+        Ended::PublishRefused => {}
+    }
+    // Replies already queued (a refusal, a Play.Stop) still go out, within a bound.
+    queue.close(CloseReason::AfterFlush);
+    let flushed = async {
+        let _ = writer.await;
+        true
+    }
+    .or(async {
+        glommio::timer::sleep(CLOSE_FLUSH_TIMEOUT).await;
+        false
+    })
+    .await;
+    if !flushed {
+        queue.close(CloseReason::ConnectionEnded);
+    }
+    ctx.counters.connections_open.dec();
+}
+
+struct Connection {
+    ctx: Rc<ConnContext>,
+    conn_id: u64,
+    peer: SocketAddr,
+    socket: Rc<Socket>,
+    queue: Rc<OutQueue>,
+    session: ServerSession,
+    /// (message stream id, stream) this connection publishes.
+    publishing: Vec<(u32, Rc<Stream>)>,
+    /// (message stream id, stream) this connection plays.
+    playing: Vec<(u32, Rc<Stream>)>,
+}
+
+impl Connection {
+    async fn run(&mut self) -> Ended {
+        let mut input = BytesMut::with_capacity(SMALL_READ);
+        let handshake_deadline = Instant::now() + self.ctx.handshake_timeout;
+        loop {
+            let read_size = if self.publishing.is_empty() { SMALL_READ } else { LARGE_READ };
+            let filled = input.len();
+            input.resize(filled + read_size, 0);
+            let read = if self.session.app().is_none() {
+                let left = handshake_deadline.saturating_duration_since(Instant::now());
+                let timeout = async {
+                    glommio::timer::sleep(left).await;
+                    Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
+                };
+                self.socket.read(&mut input[filled..]).or(timeout).await
+            } else {
+                self.socket.read(&mut input[filled..]).await
+            };
+            let n = match read {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    return Ended::HandshakeTimeout
+                }
+                Err(e) => {
+                    return match self.queue.close_reason() {
+                        Some(reason) => Ended::Server(reason),
+                        None => Ended::Io(e),
+                    }
+                }
+            };
+            input.truncate(filled + n);
+            if n == 0 {
+                return match self.queue.close_reason() {
+                    Some(reason) => Ended::Server(reason),
+                    None => Ended::PeerClosed,
+                };
+            }
+            if let Err(ended) = self.process(&mut input) {
+                return ended;
+            }
+            if let Some(reason) = self.queue.close_reason() {
+                return Ended::Server(reason);
+            }
+        }
+    }
+
+    /// Feeds what was read to the session and answers its events. The session stops at each
+    /// publish or play request so the answer goes out before any later message is handled.
+    fn process(&mut self, input: &mut BytesMut) -> Result<(), Ended> {
+        let now = Instant::now();
+        loop {
+            let before = input.len();
+            self.session.handle_input(input).map_err(Ended::Protocol)?;
+            let mut had_events = false;
+            while let Some(event) = self.session.poll_event() {
+                had_events = true;
+                self.flush_session(now);
+                self.on_event(event, now)?;
+            }
+            self.flush_session(now);
+            if input.len() == before && !had_events {
+                return Ok(());
+            }
+        }
+    }
+
+    fn flush_session(&mut self, now: Instant) {
+        while let Some(bytes) = self.session.poll_transmit() {
+            self.queue.push_bytes(bytes, now);
+        }
+    }
+
+    fn key(&self, name: &str) -> StreamKey {
+        StreamKey::new(self.session.app().unwrap_or_default(), name)
+    }
+
+    fn on_event(&mut self, event: ServerEvent, now: Instant) -> Result<(), Ended> {
+        match event {
+            ServerEvent::Connected(params) => {
+                debug!(conn = self.conn_id, peer = %self.peer, app = %params.app,
+                    flash_ver = params.flash_ver.as_deref().unwrap_or(""), "connected");
+            }
+            ServerEvent::PublishRequested { stream_id, name, .. } => {
+                let key = self.key(&name.key);
+                let publisher = PublisherInfo { conn_id: self.conn_id, peer: self.peer };
+                match self.ctx.registry.publish(key.clone(), publisher, now) {
+                    Ok(stream) => {
+                        self.session.accept_publish(stream_id, &name.key);
+                        info!(conn = self.conn_id, peer = %self.peer, stream = %key, "publish started");
+                        self.publishing.push((stream_id, stream));
+                    }
+                    Err(refused) => {
+                        self.ctx.counters.publishes_rejected.inc();
+                        warn!(conn = self.conn_id, peer = %self.peer, stream = %key,
+                            reason = %refused, "publish refused");
+                        self.session.reject_publish(
+                            stream_id,
+                            code::PUBLISH_BAD_NAME,
+                            &format!("{key} is already being published"),
+                        );
+                        return Err(Ended::PublishRefused);
+                    }
+                }
+            }
+            ServerEvent::PlayRequested { stream_id, name } => {
+                let key = self.key(&name.key);
+                self.session.accept_play(stream_id, &name.key);
+                // The play replies must be queued before the cached frames.
+                self.flush_session(now);
+                let subscriber = Rc::new(Subscriber::new(
+                    self.conn_id,
+                    self.peer,
+                    stream_id,
+                    self.queue.clone(),
+                ));
+                let stream = self.ctx.registry.play(key.clone(), subscriber, now);
+                info!(conn = self.conn_id, peer = %self.peer, stream = %key,
+                    live = stream.publisher().is_some(), "play started");
+                self.playing.push((stream_id, stream));
+            }
+            ServerEvent::Media(media) => {
+                if let Some((_, stream)) =
+                    self.publishing.iter().find(|(id, _)| *id == media.stream_id)
+                {
+                    stream.relay(media, now, self.ctx.registry.settings(), &self.ctx.counters);
+                }
+            }
+            ServerEvent::StreamClosed { stream_id } => self.close_stream(stream_id, now),
+            ServerEvent::Paused { stream_id, paused } => {
+                if let Some((_, stream)) = self.playing.iter().find(|(id, _)| *id == stream_id) {
+                    stream.set_paused(self.conn_id, stream_id, paused);
+                }
+            }
+            ServerEvent::Acknowledged { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn close_stream(&mut self, stream_id: u32, now: Instant) {
+        if let Some(i) = self.publishing.iter().position(|(id, _)| *id == stream_id) {
+            let (_, stream) = self.publishing.swap_remove(i);
+            info!(conn = self.conn_id, peer = %self.peer, stream = %stream.key, "publish stopped");
+            self.ctx.registry.unpublish(&stream, self.conn_id, now);
+        }
+        if let Some(i) = self.playing.iter().position(|(id, _)| *id == stream_id) {
+            let (_, stream) = self.playing.swap_remove(i);
+            info!(conn = self.conn_id, peer = %self.peer, stream = %stream.key, "play stopped");
+            self.ctx.registry.leave(&stream, self.conn_id, stream_id);
+        }
+    }
+
+    /// Releases everything this connection holds in the registry.
+    fn cleanup(&mut self) {
+        let now = Instant::now();
+        for (_, stream) in std::mem::take(&mut self.publishing) {
+            info!(conn = self.conn_id, peer = %self.peer, stream = %stream.key, "publisher disconnected");
+            self.ctx.registry.unpublish(&stream, self.conn_id, now);
+        }
+        for (stream_id, stream) in std::mem::take(&mut self.playing) {
+            debug!(conn = self.conn_id, peer = %self.peer, stream = %stream.key, "player disconnected");
+            self.ctx.registry.leave(&stream, self.conn_id, stream_id);
+        }
+    }
+}

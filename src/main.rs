@@ -1,0 +1,59 @@
+//! `rtmp-relay`: config -> telemetry -> runtime -> exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use rtmp_relay::{telemetry, Config};
+use tracing::{error, info};
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    telemetry::init(&config);
+    // Block SIGINT/SIGTERM here, before any shard thread exists, so every thread inherits the
+    // mask and the signals wait for `sigwait` below instead of killing the process mid-write.
+    let signals = match block_shutdown_signals() {
+        Ok(signals) => signals,
+        Err(e) => {
+            error!(error = %e, "cannot install signal handling");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server = match rtmp_relay::start(&config) {
+        Ok(server) => server,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let signal = wait_for(&signals);
+    info!(signal, "shutting down");
+    server.shutdown();
+    ExitCode::SUCCESS
+}
+
+fn block_shutdown_signals() -> std::io::Result<libc::sigset_t> {
+    // SAFETY: sigemptyset/sigaddset initialise the set we own; pthread_sigmask only changes this
+    // thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        Ok(set)
+    }
+}
+
+fn wait_for(set: &libc::sigset_t) -> &'static str {
+    let mut signal = 0;
+    // SAFETY: `set` was initialised by `block_shutdown_signals` and its signals are blocked.
+    unsafe { libc::sigwait(set, &mut signal) };
+    if signal == libc::SIGTERM {
+        "SIGTERM"
+    } else {
+        "SIGINT"
+    }
+}

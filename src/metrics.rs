@@ -1,0 +1,147 @@
+//! Per-shard counters. Each shard owns its own and bumps plain `Cell`s on the hot path: no
+//! atomics, no locks, no cross-core traffic. Readers (tests, logs, the stats API) read them on the
+//! shard or take a snapshot.
+
+use std::cell::Cell;
+
+/// A monotonically increasing shard-local counter.
+#[derive(Debug, Default)]
+pub struct Counter(Cell<u64>);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    pub fn add(&self, n: u64) {
+        self.0.set(self.0.get().wrapping_add(n));
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+/// A shard-local value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(Cell<i64>);
+
+impl Gauge {
+    pub fn inc(&self) {
+        self.0.set(self.0.get() + 1);
+    }
+
+    pub fn dec(&self) {
+        self.0.set(self.0.get() - 1);
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.get()
+    }
+}
+
+/// What one shard has done.
+#[derive(Debug, Default)]
+pub struct ShardCounters {
+    pub connections_accepted: Counter,
+    pub connections_open: Gauge,
+    pub accept_errors: Counter,
+    pub handshake_failures: Counter,
+    pub handshake_timeouts: Counter,
+    pub protocol_errors: Counter,
+    pub publishes: Counter,
+    pub publishes_rejected: Counter,
+    pub plays: Counter,
+    pub streams: Gauge,
+    pub publishers: Gauge,
+    pub subscribers: Gauge,
+    /// Messages received from publishers.
+    pub messages_in: Counter,
+    pub bytes_in: Counter,
+    /// Frames queued to subscribers (one per subscriber per message).
+    pub messages_relayed: Counter,
+    pub bytes_relayed: Counter,
+    /// Frames a subscriber skipped (slow-subscriber policy).
+    pub messages_dropped: Counter,
+    /// Times a subscriber started skipping to the next keyframe.
+    pub skip_to_keyframe: Counter,
+    pub slow_subscriber_disconnects: Counter,
+    /// Players stopped because the wait for a republish ran out.
+    pub republish_wait_expired: Counter,
+}
+
+/// A plain copy of the counters, for tests and reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CountersSnapshot {
+    pub connections_accepted: u64,
+    pub connections_open: i64,
+    pub protocol_errors: u64,
+    pub handshake_failures: u64,
+    pub publishes: u64,
+    pub publishes_rejected: u64,
+    pub plays: u64,
+    pub streams: i64,
+    pub publishers: i64,
+    pub subscribers: i64,
+    pub messages_in: u64,
+    pub bytes_in: u64,
+    pub messages_relayed: u64,
+    pub bytes_relayed: u64,
+    pub messages_dropped: u64,
+    pub skip_to_keyframe: u64,
+    pub slow_subscriber_disconnects: u64,
+    pub republish_wait_expired: u64,
+}
+
+impl ShardCounters {
+    pub fn snapshot(&self) -> CountersSnapshot {
+        CountersSnapshot {
+            connections_accepted: self.connections_accepted.get(),
+            connections_open: self.connections_open.get(),
+            protocol_errors: self.protocol_errors.get(),
+            handshake_failures: self.handshake_failures.get(),
+            publishes: self.publishes.get(),
+            publishes_rejected: self.publishes_rejected.get(),
+            plays: self.plays.get(),
+            streams: self.streams.get(),
+            publishers: self.publishers.get(),
+            subscribers: self.subscribers.get(),
+            messages_in: self.messages_in.get(),
+            bytes_in: self.bytes_in.get(),
+            messages_relayed: self.messages_relayed.get(),
+            bytes_relayed: self.bytes_relayed.get(),
+            messages_dropped: self.messages_dropped.get(),
+            skip_to_keyframe: self.skip_to_keyframe.get(),
+            slow_subscriber_disconnects: self.slow_subscriber_disconnects.get(),
+            republish_wait_expired: self.republish_wait_expired.get(),
+        }
+    }
+}
+
+impl std::ops::Add for CountersSnapshot {
+    type Output = CountersSnapshot;
+
+    fn add(self, o: CountersSnapshot) -> CountersSnapshot {
+        CountersSnapshot {
+            connections_accepted: self.connections_accepted + o.connections_accepted,
+            connections_open: self.connections_open + o.connections_open,
+            protocol_errors: self.protocol_errors + o.protocol_errors,
+            handshake_failures: self.handshake_failures + o.handshake_failures,
+            publishes: self.publishes + o.publishes,
+            publishes_rejected: self.publishes_rejected + o.publishes_rejected,
+            plays: self.plays + o.plays,
+            streams: self.streams + o.streams,
+            publishers: self.publishers + o.publishers,
+            subscribers: self.subscribers + o.subscribers,
+            messages_in: self.messages_in + o.messages_in,
+            bytes_in: self.bytes_in + o.bytes_in,
+            messages_relayed: self.messages_relayed + o.messages_relayed,
+            bytes_relayed: self.bytes_relayed + o.bytes_relayed,
+            messages_dropped: self.messages_dropped + o.messages_dropped,
+            skip_to_keyframe: self.skip_to_keyframe + o.skip_to_keyframe,
+            slow_subscriber_disconnects: self.slow_subscriber_disconnects
+                + o.slow_subscriber_disconnects,
+            republish_wait_expired: self.republish_wait_expired + o.republish_wait_expired,
+        }
+    }
+}

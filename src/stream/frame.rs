@@ -1,0 +1,122 @@
+//! A media message as the relay carries it: classified once on arrival, chunk-encoded once, and
+//! shared by reference by the late-join cache and every subscriber queue.
+
+use bytes::{Bytes, BytesMut};
+use rtmp_proto::chunk::{ChunkEncoder, MessageHeader};
+use rtmp_proto::media;
+use rtmp_proto::session::MediaKind;
+use rtmp_proto::time::RtmpTimestamp;
+
+/// The message stream id the relay plays on: the first `createStream` of a connection gets 1,
+/// and players open one stream, so frames are encoded for it once. A player on another id gets
+/// its own encoding (see [`Frame::encoded_for`]).
+pub const PLAY_STREAM_ID: u32 = 1;
+
+/// What a frame is, for the cache and the slow-subscriber policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameClass {
+    /// A video frame a decoder can start from.
+    Keyframe,
+    /// Any other video frame.
+    InterFrame,
+    /// Codec configuration (AVC/HEVC/AV1 sequence start, AAC AudioSpecificConfig...).
+    SequenceHeader,
+    /// An audio frame.
+    Audio,
+    /// Stream metadata (`onMetaData`).
+    Metadata,
+    /// Other data messages (cue points, captions, text).
+    Data,
+}
+
+/// One relayed message, immutable once built.
+#[derive(Debug)]
+pub struct Frame {
+    pub kind: MediaKind,
+    pub class: FrameClass,
+    pub timestamp: RtmpTimestamp,
+    pub payload: Bytes,
+    /// The message as ready-to-send chunks for [`PLAY_STREAM_ID`].
+    pub chunks: Bytes,
+}
+
+impl Frame {
+    /// Classifies and encodes a message for `encoder`'s chunk size.
+    pub fn new(
+        kind: MediaKind,
+        timestamp: RtmpTimestamp,
+        payload: Bytes,
+        is_metadata: bool,
+        encoder: &ChunkEncoder,
+    ) -> Self {
+        let class = classify(kind, &payload, is_metadata);
+        let chunks = encode(kind, timestamp, &payload, PLAY_STREAM_ID, encoder);
+        Frame { kind, class, timestamp, payload, chunks }
+    }
+
+    /// The same message re-stamped (late joiners get cached headers on the GOP's time base).
+    pub fn restamped(&self, timestamp: RtmpTimestamp, encoder: &ChunkEncoder) -> Self {
+        let chunks = encode(self.kind, timestamp, &self.payload, PLAY_STREAM_ID, encoder);
+        Frame {
+            kind: self.kind,
+            class: self.class,
+            timestamp,
+            payload: self.payload.clone(),
+            chunks,
+        }
+    }
+
+    /// The chunks for a player on message stream `stream_id`: shared bytes for the usual id, an
+    /// encoding of its own otherwise.
+    pub fn encoded_for(&self, stream_id: u32, encoder: &ChunkEncoder) -> Bytes {
+        if stream_id == PLAY_STREAM_ID {
+            self.chunks.clone()
+        } else {
+            encode(self.kind, self.timestamp, &self.payload, stream_id, encoder)
+        }
+    }
+
+    /// Payload bytes (what the bitrate and cache limits count).
+    pub fn len(&self) -> usize {
+        self.payload.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.payload.is_empty()
+    }
+
+    /// Frames a player skipping to the next keyframe still receives: audio (cheap, and gaps
+    /// are audible), codec configuration and metadata.
+    pub fn survives_skip(&self) -> bool {
+        !matches!(self.class, FrameClass::InterFrame | FrameClass::Keyframe)
+    }
+}
+
+fn classify(kind: MediaKind, payload: &[u8], is_metadata: bool) -> FrameClass {
+    match kind {
+        MediaKind::Video => match media::inspect_video(payload) {
+            Some(tag) if tag.is_sequence_header() => FrameClass::SequenceHeader,
+            Some(tag) if tag.is_keyframe() => FrameClass::Keyframe,
+            _ => FrameClass::InterFrame,
+        },
+        MediaKind::Audio => match media::inspect_audio(payload) {
+            Some(tag) if tag.is_sequence_header => FrameClass::SequenceHeader,
+            _ => FrameClass::Audio,
+        },
+        MediaKind::Data if is_metadata => FrameClass::Metadata,
+        MediaKind::Data => FrameClass::Data,
+    }
+}
+
+fn encode(
+    kind: MediaKind,
+    timestamp: RtmpTimestamp,
+    payload: &[u8],
+    stream_id: u32,
+    encoder: &ChunkEncoder,
+) -> Bytes {
+    let header = MessageHeader { timestamp, type_id: kind.type_id(), stream_id };
+    let mut out = BytesMut::with_capacity(encoder.encoded_len(kind.csid(), &header, payload.len()));
+    encoder.encode(kind.csid(), &header, payload, &mut out);
+    out.freeze()
+}
