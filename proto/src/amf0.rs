@@ -20,8 +20,9 @@
 //! - **ECMA array count is advisory.** ffmpeg and others write counts that do not match the
 //!   properties, so the count is skipped and properties are read until the object-end marker.
 //! - **ECMA array end marker may be missing at the very end of the input**: input that ends where
-//!   the next key would start, or after the empty key with only the final `0x09` missing, closes
-//!   the array (SRS and librtmp accept the same). Objects and typed objects must be terminated:
+//!   the next key would start closes the array, as in SRS (`SrsAmf0EcmaArray::read` reads while
+//!   the buffer is not empty) and librtmp; so does the empty key with only the final `0x09`
+//!   missing. Anywhere else the marker is required. Objects and typed objects must be terminated:
 //!   every known encoder writes their end marker, and being strict there keeps a cut-off message
 //!   from passing as complete. The price: a message cut exactly at a property boundary of a
 //!   trailing ECMA array decodes as the properties so far.
@@ -37,6 +38,11 @@
 //!   [`decode`] call, so a later switched value may refer to strings and objects of an earlier
 //!   one, as in one AMF3 command message. [`decode_one`] starts fresh tables each call.
 //! - On error [`decode_one`] leaves its input slice where it was.
+//! - The decoder recurses once per nesting level, so [`AmfLimits::max_depth`] also bounds its
+//!   stack use: the default depth runs in well under 256 KiB of stack (tested). Keep it in the
+//!   tens.
+//! - An AMF3 command message (type 17) starts with one format byte, `0x00`, before its AMF0
+//!   values: skip it before calling [`decode`], as SRS does, or it reads as a number.
 //!
 //! # Encoding
 //!

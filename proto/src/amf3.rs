@@ -481,7 +481,7 @@ impl<'a> Decoder<'a> {
         value
     }
 
-    /// `n` bytes that were read in place, charged for if this is a copy.
+    /// `len` bytes read in place; when replaying they are a copy, and charged for.
     fn inline_bytes(
         &mut self,
         len: u32,
@@ -577,8 +577,11 @@ impl<'a> Decoder<'a> {
         let traits = if traits_inline {
             self.inline_traits(rest, input, budget)?
         } else {
-            let traits =
-                self.traits.get(to_usize(rest)).ok_or(AmfError::BadReference(rest))?.clone();
+            let traits = self
+                .traits
+                .get(to_usize(rest))
+                .map(Rc::clone)
+                .ok_or(AmfError::BadReference(rest))?;
             // The names of referenced traits are copies of bytes read earlier.
             let copied = traits.sealed.iter().map(|name| name.len() / COPY_BYTES_PER_ELEMENT);
             budget.charge(traits.class_name.len() / COPY_BYTES_PER_ELEMENT)?;
@@ -944,10 +947,11 @@ pub(crate) mod tests {
         assert_eq!(dec(&bytes, &limits()), Err(AmfError::TooManyElements));
     }
 
-    /// Traits with one 60 000-byte member name, used by 10 000 objects by reference.
+    /// Traits with one 60 000-byte member name, used by 1000 objects by reference: 60 MB of
+    /// keys from 60 KB, in few enough values that only the copy charge stops it.
     #[test]
     fn trait_name_bomb_is_bounded() {
-        let refs = 10_000;
+        let refs = 1000;
         let mut bytes = BytesMut::new();
         bytes.put_u8(marker::ARRAY);
         put_inline_len(&mut bytes, refs + 1);
@@ -959,6 +963,27 @@ pub(crate) mod tests {
             bytes.put_slice(b"\x0a\x01\x01");
         }
         assert_eq!(dec(&bytes, &limits()), Err(AmfError::TooManyElements));
+    }
+
+    /// An object holding a 60 000-byte string, referenced 1000 times: 60 MB from 60 KB, in few
+    /// enough values that only the charge for text copied by a re-decode stops it.
+    #[test]
+    fn text_inside_a_referenced_object_is_charged() {
+        let bomb = |refs: usize| {
+            let mut bytes = BytesMut::new();
+            bytes.put_u8(marker::ARRAY);
+            put_inline_len(&mut bytes, refs + 1);
+            bytes.put_slice(b"\x01\x0a\x0b\x01\x03a\x06");
+            put_text(&mut bytes, &"a".repeat(60_000));
+            bytes.put_u8(0x01);
+            for _ in 0..refs {
+                bytes.put_slice(b"\x0a\x02");
+            }
+            bytes
+        };
+        assert_eq!(dec(&bomb(1000), &limits()), Err(AmfError::TooManyElements));
+        // A few copies are fine: copies are paid for, not refused.
+        assert!(dec(&bomb(3), &limits()).is_ok());
     }
 
     #[test]

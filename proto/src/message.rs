@@ -303,7 +303,10 @@ mod tests {
             let mut out = BytesMut::new();
             message.encode_payload(&mut out);
             assert_eq!(&out[..], &bytes[..], "{message:?}");
-            assert_eq!(ControlMessage::decode(message.type_id(), &bytes), Ok(Some(message.clone())));
+            assert_eq!(
+                ControlMessage::decode(message.type_id(), &bytes),
+                Ok(Some(message.clone()))
+            );
             for cut in 0..bytes.len() {
                 let decoded = ControlMessage::decode(message.type_id(), &bytes[..cut]);
                 assert!(decoded.is_err(), "prefix {cut} of {message:?} gave {decoded:?}");

@@ -160,6 +160,8 @@ pub async fn serve(ctx: Rc<ConnContext>, stream: TcpStream) {
         playing: Vec::new(),
     };
     let ended = conn.run().await;
+    // A refusal or a last reply written just before the end still goes out.
+    conn.flush_session(Instant::now());
     conn.cleanup();
 
     match &ended {

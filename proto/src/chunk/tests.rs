@@ -1,0 +1,1 @@
+//! Chunk codec tests: see the test names.

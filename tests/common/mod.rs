@@ -1,0 +1,302 @@
+//! Test support: an in-process server on 127.0.0.1:0 and a blocking RTMP client built on
+//! rtmp-proto's `ClientSession`, plus synthetic FLV payloads that carry a sequence number so
+//! every relayed byte can be checked.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtmp_proto::amf0::Amf0Value;
+use rtmp_proto::message::UserControlEvent;
+use rtmp_proto::session::{ClientEvent, ClientSession, Media, MediaKind, SessionConfig};
+use rtmp_proto::time::RtmpTimestamp;
+use rtmp_relay::{Config, ServerHandle};
+
+/// Generous: CI runs on two busy cores.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A real H.264 High 1280x720 AVC sequence header tag body (from ffmpeg/libx264).
+pub const AVC_SEQUENCE_HEADER: &[u8] =
+    include_bytes!("../../proto/tests/data/media_h264_high_720p_aac_video_seq.bin");
+/// A real AAC-LC AudioSpecificConfig tag body.
+pub const AAC_SEQUENCE_HEADER: &[u8] =
+    include_bytes!("../../proto/tests/data/media_h264_high_720p_aac_audio_seq.bin");
+
+/// Starts a server on an ephemeral loopback port with test-friendly settings.
+pub fn start_server(configure: impl FnOnce(&mut Config)) -> ServerHandle {
+    let mut config = Config::default();
+    config.listen = "127.0.0.1:0".parse().expect("loopback address");
+    config.log_level = std::env::var("RTMP_RELAY_TEST_LOG").unwrap_or_else(|_| "warn".into());
+    configure(&mut config);
+    rtmp_relay::telemetry::init(&config);
+    rtmp_relay::start(&config).expect("server starts")
+}
+
+/// An AVC video tag body: keyframe or inter frame, with `seq` and `len` filler bytes so that
+/// content, order and size can all be checked at the receiver.
+pub fn video_frame(seq: u32, keyframe: bool, len: usize) -> Vec<u8> {
+    let mut body = vec![if keyframe { 0x17 } else { 0x27 }, 1, 0, 0, 0];
+    body.extend_from_slice(&seq.to_be_bytes());
+    body.extend((0..len).map(|i| (i as u32).wrapping_add(seq) as u8));
+    body
+}
+
+/// An AAC raw frame tag body carrying `seq`.
+pub fn audio_frame(seq: u32) -> Vec<u8> {
+    let mut body = vec![0xaf, 1];
+    body.extend_from_slice(&seq.to_be_bytes());
+    body.extend_from_slice(&[0x21, 0x10, 0x04, 0x60, 0x8c, 0x1c]);
+    body
+}
+
+/// The sequence number a synthetic frame carries.
+pub fn seq_of(media: &Media) -> Option<u32> {
+    let offset = match media.kind {
+        MediaKind::Video => 5,
+        MediaKind::Audio => 2,
+        MediaKind::Data => return None,
+    };
+    let bytes = media.payload.get(offset..offset + 4)?;
+    Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
+pub fn metadata() -> Amf0Value {
+    Amf0Value::EcmaArray(vec![
+        ("width".into(), Amf0Value::Number(1280.0)),
+        ("height".into(), Amf0Value::Number(720.0)),
+        ("framerate".into(), Amf0Value::Number(30.0)),
+        ("videocodecid".into(), Amf0Value::Number(7.0)),
+        ("audiocodecid".into(), Amf0Value::Number(10.0)),
+    ])
+}
+
+/// A blocking RTMP client for tests.
+pub struct Client {
+    socket: TcpStream,
+    session: ClientSession,
+    input: BytesMut,
+    events: VecDeque<ClientEvent>,
+    pub stream_id: u32,
+    closed: bool,
+}
+
+impl Client {
+    /// TCP connect + handshake + `connect(app)`.
+    pub fn connect(addr: SocketAddr, app: &str) -> Client {
+        let socket = TcpStream::connect(addr).expect("tcp connect");
+        socket.set_nodelay(true).expect("nodelay");
+        let random: Vec<u8> = (0..3072u32).map(|i| (i * 7 + 3) as u8).collect();
+        let session = ClientSession::new(SessionConfig::default(), 0, &random, true);
+        let mut client = Client {
+            socket,
+            session,
+            input: BytesMut::with_capacity(64 * 1024),
+            events: VecDeque::new(),
+            stream_id: 0,
+            closed: false,
+        };
+        client.flush();
+        client.expect(|e| matches!(e, ClientEvent::HandshakeDone), "handshake");
+        client.session.set_chunk_size(4096);
+        client.session.connect(app, &format!("rtmp://{addr}/{app}"));
+        client.flush();
+        client.expect(|e| matches!(e, ClientEvent::Connected), "connect result");
+        client
+    }
+
+    pub fn flush(&mut self) {
+        while let Some(bytes) = self.session.poll_transmit() {
+            self.socket.write_all(&bytes).expect("write to server");
+        }
+    }
+
+    /// Reads once (up to `timeout`) and turns what arrived into events. False on timeout or EOF.
+    fn pump(&mut self, timeout: Duration) -> bool {
+        if self.closed {
+            return false;
+        }
+        self.socket.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))).expect("timeout");
+        let mut buf = [0u8; 64 * 1024];
+        match self.socket.read(&mut buf) {
+            Ok(0) => {
+                self.closed = true;
+                false
+            }
+            Ok(n) => {
+                self.input.extend_from_slice(&buf[..n]);
+                self.session.handle_input(&mut self.input).expect("server speaks valid RTMP");
+                while let Some(event) = self.session.poll_event() {
+                    self.events.push_back(event);
+                }
+                self.flush();
+                true
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                false
+            }
+            Err(_) => {
+                self.closed = true;
+                false
+            }
+        }
+    }
+
+    /// The next event, waiting up to `timeout`.
+    pub fn next_event(&mut self, timeout: Duration) -> Option<ClientEvent> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Some(event);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || (!self.pump(left) && self.closed) {
+                return self.events.pop_front();
+            }
+        }
+    }
+
+    /// Events up to and including the first that matches; panics after [`WAIT`].
+    pub fn expect(
+        &mut self,
+        matches: impl Fn(&ClientEvent) -> bool,
+        what: &str,
+    ) -> Vec<ClientEvent> {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if let Some(event) = self.next_event(deadline.saturating_duration_since(Instant::now()))
+            {
+                let done = matches(&event);
+                seen.push(event);
+                if done {
+                    return seen;
+                }
+            } else if self.closed {
+                break;
+            }
+        }
+        panic!("timed out or closed waiting for {what}; saw {seen:?}");
+    }
+
+    /// True once the server closed the connection (waits up to `timeout`).
+    pub fn wait_closed(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.closed && Instant::now() < deadline {
+            self.pump(Duration::from_millis(100));
+            self.events.clear();
+        }
+        self.closed
+    }
+
+    pub fn create_stream(&mut self) -> u32 {
+        self.session.create_stream();
+        self.flush();
+        let events =
+            self.expect(|e| matches!(e, ClientEvent::StreamCreated { .. }), "createStream");
+        match events.last() {
+            Some(ClientEvent::StreamCreated { stream_id }) => *stream_id,
+            _ => unreachable!(),
+        }
+    }
+
+    /// createStream + publish; returns the status code the server answered with.
+    pub fn publish(&mut self, key: &str) -> String {
+        self.stream_id = self.create_stream();
+        self.session.publish(self.stream_id, key);
+        self.flush();
+        let events = self.expect(|e| matches!(e, ClientEvent::Status { .. }), "publish status");
+        match events.last() {
+            Some(ClientEvent::Status { code, .. }) => code.clone(),
+            _ => unreachable!(),
+        }
+    }
+
+    /// createStream + play; waits for Play.Start.
+    pub fn play(&mut self, key: &str) {
+        self.stream_id = self.create_stream();
+        self.session.play(self.stream_id, key);
+        self.flush();
+        self.expect(
+            |e| matches!(e, ClientEvent::Status { code, .. } if code == "NetStream.Play.Start"),
+            "Play.Start",
+        );
+    }
+
+    pub fn send(&mut self, kind: MediaKind, timestamp: u32, payload: &[u8]) {
+        self.session.send_media(self.stream_id, kind, RtmpTimestamp(timestamp), payload);
+        self.flush();
+    }
+
+    pub fn send_metadata(&mut self) {
+        self.session.send_metadata(self.stream_id, &metadata());
+        self.flush();
+    }
+
+    /// Publishes the headers a real encoder sends first: metadata, AAC and AVC sequence headers.
+    pub fn send_headers(&mut self) {
+        self.send_metadata();
+        self.send(MediaKind::Audio, 0, AAC_SEQUENCE_HEADER);
+        self.send(MediaKind::Video, 0, AVC_SEQUENCE_HEADER);
+    }
+
+    /// Media events until `count` have arrived or `timeout` passes.
+    pub fn media(&mut self, count: usize, timeout: Duration) -> Vec<Media> {
+        let deadline = Instant::now() + timeout;
+        let mut media = Vec::new();
+        while media.len() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_event(left) {
+                Some(ClientEvent::Media(m)) => media.push(m),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        media
+    }
+
+    /// Drains events for `duration`, returning them.
+    pub fn drain(&mut self, duration: Duration) -> Vec<ClientEvent> {
+        let deadline = Instant::now() + duration;
+        let mut events = Vec::new();
+        while let Some(event) = self.next_event(deadline.saturating_duration_since(Instant::now()))
+        {
+            events.push(event);
+        }
+        events
+    }
+
+    pub fn is_stream_eof(event: &ClientEvent) -> bool {
+        matches!(event, ClientEvent::UserControl(UserControlEvent::StreamEof(_)))
+    }
+
+    pub fn status_code(event: &ClientEvent) -> Option<&str> {
+        match event {
+            ClientEvent::Status { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    pub fn close(self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Waits until `condition` holds, polling; panics after [`WAIT`] with `what`.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
