@@ -133,7 +133,7 @@ pub async fn serve(ctx: Rc<ConnContext>, stream: TcpStream) {
     }
     ctx.counters.connections_accepted.inc();
     ctx.counters.connections_open.inc();
-    debug!(shard = ctx.shard_id, conn = conn_id, %peer, "connection opened");
+    info!(shard = ctx.shard_id, conn = conn_id, %peer, "connection opened");
 
     let socket = Rc::new(Socket::new(stream));
     let queue = Rc::new(OutQueue::new(Instant::now()));
@@ -165,9 +165,9 @@ pub async fn serve(ctx: Rc<ConnContext>, stream: TcpStream) {
     conn.cleanup();
 
     match &ended {
-        Ended::PeerClosed => debug!(conn = conn_id, %peer, "connection closed by peer"),
+        Ended::PeerClosed => info!(conn = conn_id, %peer, "connection closed by peer"),
         Ended::Io(e) => {
-            debug!(conn = conn_id, %peer, error = %e, "connection closed on socket error")
+            info!(conn = conn_id, %peer, error = %e, "connection closed on socket error")
         }
         Ended::HandshakeTimeout => {
             ctx.counters.handshake_timeouts.inc();
@@ -181,7 +181,7 @@ pub async fn serve(ctx: Rc<ConnContext>, stream: TcpStream) {
             warn!(conn = conn_id, %peer, kind = e.kind(), reason = %e, "closing connection: protocol violation");
         }
         Ended::Server(reason) => {
-            debug!(conn = conn_id, %peer, reason = reason.as_str(), "connection closed by server")
+            info!(conn = conn_id, %peer, reason = reason.as_str(), "connection closed by server")
         }
         Ended::PublishRefused => {}
     }

@@ -211,6 +211,8 @@ impl fmt::Display for PublishRefused {
 pub struct CodecInfo {
     pub video: Option<VideoConfig>,
     pub audio: Option<AudioConfig>,
+    /// Whether the codec line was logged for the current publisher.
+    logged: bool,
 }
 
 #[derive(Debug)]
@@ -313,43 +315,63 @@ impl Stream {
         }
     }
 
+    /// Reads codec configuration from sequence headers (and, for codecs without one, from the
+    /// first audio frame). The stream's codecs are logged in one line when its first coded
+    /// frame arrives, by which time an encoder has sent every header it is going to send; a
+    /// configuration that changes mid-stream is logged again.
     fn detect_codec(&self, codecs: &mut CodecInfo, frame: &Frame) {
-        match (frame.kind, frame.class) {
+        let changed = match (frame.kind, frame.class) {
             (MediaKind::Video, FrameClass::SequenceHeader) => {
                 match media::parse_video_config(&frame.payload) {
-                    Ok(config) if codecs.video.as_ref() != Some(&config) => {
-                        info!(stream = %self.key, video = %config, "video codec detected");
-                        codecs.video = Some(config);
-                    }
-                    Ok(_) => {}
+                    Ok(config) => replace_if_changed(&mut codecs.video, config),
                     Err(e) => {
-                        warn!(stream = %self.key, error = %e, "unreadable video sequence header")
+                        warn!(stream = %self.key, error = %e, "unreadable video sequence header");
+                        false
                     }
                 }
             }
-            // Audio codecs without a sequence header (MP3, PCM, Speex...) are read from the
-            // first frame's flags.
-            (MediaKind::Audio, FrameClass::SequenceHeader)
-            | (MediaKind::Audio, FrameClass::Audio) => {
-                if frame.class == FrameClass::Audio && codecs.audio.is_some() {
-                    return;
-                }
+            (MediaKind::Audio, FrameClass::SequenceHeader) => {
                 match media::parse_audio_config(&frame.payload) {
-                    Ok(config) if codecs.audio.as_ref() != Some(&config) => {
-                        info!(stream = %self.key, audio = %config, "audio codec detected");
-                        codecs.audio = Some(config);
-                    }
-                    Ok(_) => {}
-                    // A codec that needs a sequence header and sent a frame first: wait for it.
-                    Err(media::MediaError::NotSequenceHeader) => {}
+                    Ok(config) => replace_if_changed(&mut codecs.audio, config),
                     Err(e) => {
-                        warn!(stream = %self.key, error = %e, "unreadable audio sequence header")
+                        warn!(stream = %self.key, error = %e, "unreadable audio sequence header");
+                        false
                     }
                 }
             }
-            _ => {}
+            // MP3, PCM, Speex... have no sequence header: their flags byte says it all.
+            (MediaKind::Audio, FrameClass::Audio) if codecs.audio.is_none() => {
+                match media::parse_audio_config(&frame.payload) {
+                    Ok(config) => replace_if_changed(&mut codecs.audio, config),
+                    Err(_) => false,
+                }
+            }
+            _ => false,
+        };
+        let coded = matches!(
+            frame.class,
+            FrameClass::Keyframe | FrameClass::InterFrame | FrameClass::Audio
+        );
+        if (coded && !codecs.logged) || (changed && codecs.logged) {
+            let describe = |c: Option<String>| c.unwrap_or_else(|| "none".into());
+            info!(
+                stream = %self.key,
+                video = %describe(codecs.video.as_ref().map(ToString::to_string)),
+                audio = %describe(codecs.audio.as_ref().map(ToString::to_string)),
+                "{}",
+                if codecs.logged { "codec changed" } else { "codecs detected" }
+            );
+            codecs.logged = true;
         }
     }
+}
+
+fn replace_if_changed<T: PartialEq>(slot: &mut Option<T>, value: T) -> bool {
+    if slot.as_ref() == Some(&value) {
+        return false;
+    }
+    *slot = Some(value);
+    true
 }
 
 /// Encodes a notification for one message stream id.

@@ -27,9 +27,11 @@ pub const AAC_SEQUENCE_HEADER: &[u8] =
 
 /// Starts a server on an ephemeral loopback port with test-friendly settings.
 pub fn start_server(configure: impl FnOnce(&mut Config)) -> ServerHandle {
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse().expect("loopback address");
-    config.log_level = std::env::var("RTMP_RELAY_TEST_LOG").unwrap_or_else(|_| "warn".into());
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("loopback address"),
+        log_level: std::env::var("RTMP_RELAY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        ..Config::default()
+    };
     configure(&mut config);
     rtmp_relay::telemetry::init(&config);
     rtmp_relay::start(&config).expect("server starts")
