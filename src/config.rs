@@ -26,6 +26,21 @@ pub struct Config {
     #[arg(long, env = "RTMP_RELAY_LISTEN", default_value = "0.0.0.0:1935")]
     pub listen: SocketAddr,
 
+    /// Shards: one glommio executor per shard, each pinned to its own core with its own listener
+    /// and its own part of the streams. Default: one per core available to the process.
+    #[arg(long, env = "RTMP_RELAY_SHARDS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub shards: Option<u16>,
+
+    /// Frames queued to one other shard beyond which video to it skips to the next keyframe
+    /// (control messages are never dropped).
+    #[arg(long, default_value_t = 4096)]
+    pub mesh_frame_limit: usize,
+
+    /// Testing aid: every shard also listens on its own 127.0.0.1 port, so a test can place a
+    /// connection on a chosen shard (`ServerHandle::shard_addr`).
+    #[arg(long, hide = true)]
+    pub debug_shard_listeners: bool,
+
     /// Log filter (tracing-subscriber EnvFilter syntax: `info`, `rtmp_relay=debug`, ...).
     #[arg(long, env = "RTMP_RELAY_LOG", default_value = "info")]
     pub log_level: String,
@@ -106,6 +121,18 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The shard count: `--shards`, or one per core this process may run on.
+    pub fn shard_count(&self) -> usize {
+        match self.shards {
+            Some(n) => usize::from(n),
+            None => core_affinity::get_core_ids()
+                .map(|cores| cores.len())
+                .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+                .unwrap_or(1)
+                .max(1),
+        }
     }
 
     pub fn subscriber_stall(&self) -> Duration {

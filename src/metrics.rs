@@ -52,7 +52,10 @@ pub struct ShardCounters {
     pub publishes: Counter,
     pub publishes_rejected: Counter,
     pub plays: Counter,
+    /// Streams this shard owns.
     pub streams: Gauge,
+    /// Mirrors of other shards' streams held here.
+    pub mirrors: Gauge,
     pub publishers: Gauge,
     pub subscribers: Gauge,
     /// Messages received from publishers.
@@ -81,6 +84,7 @@ pub struct CountersSnapshot {
     pub publishes_rejected: u64,
     pub plays: u64,
     pub streams: i64,
+    pub mirrors: i64,
     pub publishers: i64,
     pub subscribers: i64,
     pub messages_in: u64,
@@ -104,6 +108,7 @@ impl ShardCounters {
             publishes_rejected: self.publishes_rejected.get(),
             plays: self.plays.get(),
             streams: self.streams.get(),
+            mirrors: self.mirrors.get(),
             publishers: self.publishers.get(),
             subscribers: self.subscribers.get(),
             messages_in: self.messages_in.get(),
@@ -131,6 +136,7 @@ impl std::ops::Add for CountersSnapshot {
             publishes_rejected: self.publishes_rejected + o.publishes_rejected,
             plays: self.plays + o.plays,
             streams: self.streams + o.streams,
+            mirrors: self.mirrors + o.mirrors,
             publishers: self.publishers + o.publishers,
             subscribers: self.subscribers + o.subscribers,
             messages_in: self.messages_in + o.messages_in,

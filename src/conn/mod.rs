@@ -33,7 +33,8 @@ pub use socket::Socket;
 
 use crate::metrics::ShardCounters;
 use crate::stream::{
-    CloseReason, OutQueue, PublisherInfo, Registry, Stream, StreamKey, Subscriber,
+    CloseReason, OutQueue, PublishRefused, PublishWaiter, PublisherInfo, Registry, Stream,
+    StreamKey, Subscriber,
 };
 
 /// Bytes asked of the kernel per read while playing or idle: players send little.
@@ -43,6 +44,9 @@ const LARGE_READ: usize = 64 * 1024;
 /// How long a closing connection may take to flush its last replies (a refused publisher's
 /// BadName, a Play.Stop) before it is dropped anyway.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a publish waits for the owner shard's answer. Shards answer in microseconds; this
+/// only bounds a shard that is wedged.
+const OWNER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a shard gives every connection it accepts.
 #[derive(Debug)]
@@ -158,6 +162,7 @@ pub async fn serve(ctx: Rc<ConnContext>, stream: TcpStream) {
         session,
         publishing: Vec::new(),
         playing: Vec::new(),
+        pending_publish: None,
     };
     let ended = conn.run().await;
     // A refusal or a last reply written just before the end still goes out.
@@ -209,10 +214,26 @@ struct Connection {
     socket: Rc<Socket>,
     queue: Rc<OutQueue>,
     session: ServerSession,
-    /// (message stream id, stream) this connection publishes.
-    publishing: Vec<(u32, Rc<Stream>)>,
+    /// (message stream id, where its media goes) for each stream this connection publishes.
+    publishing: Vec<(u32, Publishing)>,
     /// (message stream id, stream) this connection plays.
     playing: Vec<(u32, Rc<Stream>)>,
+    /// A publish waiting for the owner shard's answer; input processing pauses until it comes.
+    pending_publish: Option<PendingPublish>,
+}
+
+/// Where a publisher's media goes.
+enum Publishing {
+    /// The stream is owned by this shard.
+    Local(Rc<Stream>),
+    /// Another shard owns it: each message is encoded here and sent there once.
+    Remote { owner: usize, uid: u64, key: StreamKey, skipping: Cell<bool> },
+}
+
+struct PendingPublish {
+    stream_id: u32,
+    key: StreamKey,
+    waiter: Rc<PublishWaiter>,
 }
 
 impl Connection {
@@ -255,6 +276,14 @@ impl Connection {
             if let Err(ended) = self.process(&mut input) {
                 return ended;
             }
+            while let Some(pending) = self.pending_publish.take() {
+                if let Err(ended) = self.finish_remote_publish(pending).await {
+                    return ended;
+                }
+                if let Err(ended) = self.process(&mut input) {
+                    return ended;
+                }
+            }
             if let Some(reason) = self.queue.close_reason() {
                 return Ended::Server(reason);
             }
@@ -262,10 +291,14 @@ impl Connection {
     }
 
     /// Feeds what was read to the session and answers its events. The session stops at each
-    /// publish or play request so the answer goes out before any later message is handled.
+    /// publish or play request so the answer goes out before any later message is handled; a
+    /// publish that needs the owner shard's answer stops processing until it comes.
     fn process(&mut self, input: &mut BytesMut) -> Result<(), Ended> {
         let now = Instant::now();
         loop {
+            if self.pending_publish.is_some() {
+                return Ok(());
+            }
             let before = input.len();
             self.session.handle_input(input).map_err(Ended::Protocol)?;
             let mut had_events = false;
@@ -300,24 +333,14 @@ impl Connection {
             ServerEvent::PublishRequested { stream_id, name, .. } => {
                 let key = self.key(&name.key);
                 let publisher = PublisherInfo { conn_id: self.conn_id, peer: self.peer };
-                match self.ctx.registry.publish(key.clone(), publisher, now) {
-                    Ok(stream) => {
-                        self.session.accept_publish(stream_id, &name.key);
-                        info!(conn = self.conn_id, peer = %self.peer, stream = %key, "publish started");
-                        self.publishing.push((stream_id, stream));
-                    }
-                    Err(refused) => {
-                        self.ctx.counters.publishes_rejected.inc();
-                        warn!(conn = self.conn_id, peer = %self.peer, stream = %key,
-                            reason = %refused, "publish refused");
-                        self.session.reject_publish(
-                            stream_id,
-                            code::PUBLISH_BAD_NAME,
-                            &format!("{key} is already being published"),
-                        );
-                        return Err(Ended::PublishRefused);
-                    }
+                if !self.ctx.registry.owns(&key) {
+                    let waiter = self.ctx.registry.request_publish(key.clone(), publisher);
+                    self.pending_publish = Some(PendingPublish { stream_id, key, waiter });
+                    return Ok(());
                 }
+                let result = self.ctx.registry.publish(key.clone(), publisher, now);
+                let target = result.map(Publishing::Local);
+                self.answer_publish(stream_id, key, target)?;
             }
             ServerEvent::PlayRequested { stream_id, name } => {
                 let key = self.key(&name.key);
@@ -336,10 +359,22 @@ impl Connection {
                 self.playing.push((stream_id, stream));
             }
             ServerEvent::Media(media) => {
-                if let Some((_, stream)) =
-                    self.publishing.iter().find(|(id, _)| *id == media.stream_id)
-                {
-                    stream.relay(media, now, self.ctx.registry.settings(), &self.ctx.counters);
+                match self.publishing.iter().find(|(id, _)| *id == media.stream_id) {
+                    Some((_, Publishing::Local(stream))) => {
+                        stream.relay(media, now, self.ctx.registry.settings(), &self.ctx.counters)
+                    }
+                    Some((_, Publishing::Remote { owner, uid, skipping, .. })) => {
+                        self.ctx.counters.messages_in.inc();
+                        self.ctx.counters.bytes_in.add(media.payload.len() as u64);
+                        self.ctx.registry.forward_published(
+                            *owner,
+                            *uid,
+                            self.conn_id,
+                            media,
+                            skipping,
+                        )
+                    }
+                    None => {}
                 }
             }
             ServerEvent::StreamClosed { stream_id } => self.close_stream(stream_id, now),
@@ -355,9 +390,8 @@ impl Connection {
 
     fn close_stream(&mut self, stream_id: u32, now: Instant) {
         if let Some(i) = self.publishing.iter().position(|(id, _)| *id == stream_id) {
-            let (_, stream) = self.publishing.swap_remove(i);
-            info!(conn = self.conn_id, peer = %self.peer, stream = %stream.key, "publish stopped");
-            self.ctx.registry.unpublish(&stream, self.conn_id, now);
+            let (_, publishing) = self.publishing.swap_remove(i);
+            self.stop_publishing(publishing, "publish stopped", now);
         }
         if let Some(i) = self.playing.iter().position(|(id, _)| *id == stream_id) {
             let (_, stream) = self.playing.swap_remove(i);
@@ -366,12 +400,84 @@ impl Connection {
         }
     }
 
+    /// Waits for the owner shard's answer to a publish, then answers the client.
+    async fn finish_remote_publish(&mut self, pending: PendingPublish) -> Result<(), Ended> {
+        let answer = async { Some(pending.waiter.wait().await) }
+            .or(async {
+                glommio::timer::sleep(OWNER_REPLY_TIMEOUT).await;
+                None
+            })
+            .await;
+        let Some(result) = answer else {
+            self.ctx.registry.forget_publish_request(self.conn_id);
+            warn!(conn = self.conn_id, peer = %self.peer, stream = %pending.key,
+                "owner shard did not answer a publish in time");
+            return Err(Ended::Server(CloseReason::AfterFlush));
+        };
+        let owner = self.ctx.registry.owner_of(&pending.key);
+        let key = pending.key.clone();
+        let target = result.map(|uid| Publishing::Remote {
+            owner,
+            uid,
+            key: pending.key,
+            skipping: Cell::new(false),
+        });
+        self.answer_publish(pending.stream_id, key, target)?;
+        self.flush_session(Instant::now());
+        Ok(())
+    }
+
+    /// Tells the client the owner's decision on its publish.
+    fn answer_publish(
+        &mut self,
+        stream_id: u32,
+        key: StreamKey,
+        target: Result<Publishing, PublishRefused>,
+    ) -> Result<(), Ended> {
+        match target {
+            Ok(target) => {
+                self.session.accept_publish(stream_id, &key.name);
+                info!(conn = self.conn_id, peer = %self.peer, stream = %key,
+                    owner = self.ctx.registry.owner_of(&key), "publish started");
+                self.publishing.push((stream_id, target));
+                Ok(())
+            }
+            Err(refused) => {
+                self.ctx.counters.publishes_rejected.inc();
+                warn!(conn = self.conn_id, peer = %self.peer, stream = %key,
+                    reason = %refused, "publish refused");
+                self.session.reject_publish(
+                    stream_id,
+                    code::PUBLISH_BAD_NAME,
+                    &format!("{key} is already being published"),
+                );
+                Err(Ended::PublishRefused)
+            }
+        }
+    }
+
+    fn stop_publishing(&self, publishing: Publishing, why: &str, now: Instant) {
+        match publishing {
+            Publishing::Local(stream) => {
+                info!(conn = self.conn_id, peer = %self.peer, stream = %stream.key, "{why}");
+                self.ctx.registry.unpublish(&stream, self.conn_id, now);
+            }
+            Publishing::Remote { owner, uid, key, .. } => {
+                info!(conn = self.conn_id, peer = %self.peer, stream = %key, "{why}");
+                self.ctx.registry.unpublish_remote(owner, uid, self.conn_id);
+            }
+        }
+    }
+
     /// Releases everything this connection holds in the registry.
     fn cleanup(&mut self) {
         let now = Instant::now();
-        for (_, stream) in std::mem::take(&mut self.publishing) {
-            info!(conn = self.conn_id, peer = %self.peer, stream = %stream.key, "publisher disconnected");
-            self.ctx.registry.unpublish(&stream, self.conn_id, now);
+        if let Some(pending) = self.pending_publish.take() {
+            self.ctx.registry.forget_publish_request(self.conn_id);
+            drop(pending);
+        }
+        for (_, publishing) in std::mem::take(&mut self.publishing) {
+            self.stop_publishing(publishing, "publisher disconnected", now);
         }
         for (stream_id, stream) in std::mem::take(&mut self.playing) {
             debug!(conn = self.conn_id, peer = %self.peer, stream = %stream.key, "player disconnected");

@@ -1,18 +1,22 @@
-//! Executors, listeners and the server's lifecycle.
+//! Executors, listeners, the channel mesh and the server's lifecycle.
 //!
-//! The server runs one glommio executor per shard, each on its own thread with its own
-//! SO_REUSEPORT listener on the same address, its own stream registry and its own counters.
-//! Nothing mutable is shared between shards. The controlling thread (the binary's main thread or
-//! a test) talks to shards through [`ServerHandle`]: snapshot requests and shutdown, polled by
-//! each shard off the media path.
+//! One glommio executor per shard, each pinned to its own core (when there are enough cores),
+//! with its own SO_REUSEPORT listener on the same address, its own [`Registry`] and its own
+//! counters. Shards share nothing mutable: they talk only through glommio's channel mesh, one
+//! bounded SPSC channel per ordered pair of shards. Each shard drains its per-peer
+//! [`PeerOutbox`]es into the mesh and feeds what it receives to its registry.
+//!
+//! The controlling thread (the binary's main thread, or a test) talks to shards through
+//! [`ServerHandle`]: snapshot requests and shutdown, polled by each shard off the media path.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{error, info, warn};
@@ -20,14 +24,13 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::conn::{self, ConnContext};
 use crate::metrics::{CountersSnapshot, ShardCounters};
-use crate::stream::{CacheLimits, Registry, RelaySettings};
+use crate::stream::{CacheLimits, PeerOutbox, Registry, RelaySettings, ShardMessage, StreamKey};
 
-/// Locked memory glommio registers per executor for io_uring buffers. The server does socket
-/// I/O only, which does not use these buffers, so it keeps them small: the default (10 MiB) times
-/// the shard count would exceed the common 8 MiB RLIMIT_MEMLOCK on the first shard.
-const IO_MEMORY_PER_SHARD: usize = 512 * 1024;
 /// How often a shard looks at control requests and expires waiting players.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
+/// Messages in flight per ordered pair of shards. Frames wait in the sender's outbox beyond
+/// this, where the skip-to-keyframe policy applies.
+const MESH_CHANNEL_CAPACITY: usize = 1024;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,15 +43,25 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
 }
 
+/// One shard's counters and mesh traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardSnapshot {
+    pub shard: usize,
+    pub counters: CountersSnapshot,
+    /// Per peer shard: (messages sent to it, messages received from it, media dropped to it).
+    pub mesh: Vec<(u64, u64, u64)>,
+}
+
 enum Control {
-    Snapshot(mpsc::Sender<CountersSnapshot>),
+    Snapshot(mpsc::Sender<ShardSnapshot>),
     Shutdown,
 }
 
-/// A running server: its address, its counters, and how to stop it.
+/// A running server: its addresses, its counters, and how to stop it.
 #[derive(Debug)]
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    shard_addrs: Vec<Option<SocketAddr>>,
     shards: Vec<ShardHandle>,
 }
 
@@ -73,19 +86,41 @@ impl ServerHandle {
         self.local_addr
     }
 
-    /// The sum of every shard's counters. Blocks until each shard answers (within a
-    /// housekeeping interval).
-    pub fn counters(&self) -> CountersSnapshot {
-        let mut total = CountersSnapshot::default();
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// With `debug_shard_listeners`, the address that reaches shard `shard` and no other.
+    pub fn shard_addr(&self, shard: usize) -> Option<SocketAddr> {
+        self.shard_addrs.get(shard).copied().flatten()
+    }
+
+    /// The shard that owns `app/name`.
+    pub fn owner_of(&self, app: &str, name: &str) -> usize {
+        crate::stream::owner_of(&StreamKey::new(app, name), self.shards.len())
+    }
+
+    /// Every shard's counters and mesh traffic, in shard order. Blocks until each shard answers
+    /// (within a housekeeping interval).
+    pub fn shard_snapshots(&self) -> Vec<ShardSnapshot> {
+        let mut snapshots = Vec::with_capacity(self.shards.len());
         for shard in &self.shards {
             let (tx, rx) = mpsc::channel();
             if shard.control.send(Control::Snapshot(tx)).is_ok() {
                 if let Ok(snapshot) = rx.recv_timeout(Duration::from_secs(5)) {
-                    total = total + snapshot;
+                    snapshots.push(snapshot);
                 }
             }
         }
-        total
+        snapshots.sort_by_key(|s| s.shard);
+        snapshots
+    }
+
+    /// The sum of every shard's counters.
+    pub fn counters(&self) -> CountersSnapshot {
+        self.shard_snapshots()
+            .into_iter()
+            .fold(CountersSnapshot::default(), |total, s| total + s.counters)
     }
 
     /// Stops accepting, closes every connection and joins every shard thread.
@@ -113,6 +148,25 @@ impl Drop for ServerHandle {
     }
 }
 
+/// Locked memory glommio registers per executor for io_uring buffers. The server does socket
+/// I/O only, which does not use them, so they stay small, and together they use at most half
+/// of RLIMIT_MEMLOCK (8 MiB by default on Debian), leaving the rest for the rings themselves on
+/// kernels that count those against the same limit. See tuning.md.
+fn io_memory_per_shard(shards: usize) -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    let memlock = if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0 {
+        if limit.rlim_cur == libc::RLIM_INFINITY {
+            usize::MAX
+        } else {
+            limit.rlim_cur as usize
+        }
+    } else {
+        8 << 20
+    };
+    (memlock / 2 / shards.max(1)).clamp(64 << 10, 1 << 20)
+}
+
 /// Starts the server and returns once every shard listens.
 pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
     config.validate()?;
@@ -124,30 +178,52 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         probe.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
     drop(probe);
 
-    let shard_count = 1;
+    let shard_count = config.shard_count();
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let io_memory = io_memory_per_shard(shard_count);
+    let mesh: MeshBuilder<ShardMessage, Full> =
+        MeshBuilder::full(shard_count, MESH_CHANNEL_CAPACITY);
     let mut shards = Vec::with_capacity(shard_count);
+    let mut ready = Vec::with_capacity(shard_count);
     for shard_id in 0..shard_count {
         let (control_tx, control_rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
-        let config = config.clone();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        // Pin shard i to the i-th core we may run on, when each shard can have its own.
+        let placement = match cores.get(shard_id) {
+            Some(core) if shard_count <= cores.len() => Placement::Fixed(core.id),
+            _ => Placement::Unbound,
+        };
+        let shard = ShardSetup {
+            thread_index: shard_id,
+            shard_count,
+            addr: local_addr,
+            config: config.clone(),
+            placement,
+            io_memory,
+            mesh: mesh.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name(format!("shard-{shard_id}"))
-            .spawn(move || run_shard(shard_id, local_addr, config, control_rx, ready_tx))
+            .spawn(move || run_shard(shard, control_rx, ready_tx))
             .map_err(|e| StartError::Executor { shard: shard_id, reason: e.to_string() })?;
+        shards.push(ShardHandle { control: control_tx, thread: Some(thread) });
+        ready.push(ready_rx);
+    }
+    let mut handle = ServerHandle { local_addr, shard_addrs: vec![None; shard_count], shards };
+    for (thread_index, ready_rx) in ready.into_iter().enumerate() {
         match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
+            Ok(Ok((shard_id, test_addr))) => handle.shard_addrs[shard_id] = test_addr,
+            Ok(Err(e)) => return Err(e), // dropping `handle` stops the other shards
             Err(_) => {
                 return Err(StartError::Executor {
-                    shard: shard_id,
+                    shard: thread_index,
                     reason: "shard thread exited during start-up".into(),
                 })
             }
         }
-        shards.push(ShardHandle { control: control_tx, thread: Some(thread) });
     }
-    info!(addr = %local_addr, shards = shard_count, "rtmp-relay listening");
-    Ok(ServerHandle { local_addr, shards })
+    info!(addr = %local_addr, shards = shard_count, io_memory, "rtmp-relay listening");
+    Ok(handle)
 }
 
 fn relay_settings(config: &Config) -> RelaySettings {
@@ -164,82 +240,185 @@ fn relay_settings(config: &Config) -> RelaySettings {
     }
 }
 
-fn run_shard(
-    shard_id: usize,
+/// What a shard thread starts from. Its thread index picks its core; its shard id (which
+/// streams it owns, where the others send to it) is its position in the channel mesh, known
+/// only once every shard has joined.
+struct ShardSetup {
+    thread_index: usize,
+    shard_count: usize,
     addr: SocketAddr,
     config: Config,
-    control: mpsc::Receiver<Control>,
-    ready: mpsc::Sender<Result<(), StartError>>,
-) {
-    let executor = match LocalExecutorBuilder::new(Placement::Unbound)
+    placement: Placement,
+    io_memory: usize,
+    mesh: MeshBuilder<ShardMessage, Full>,
+}
+
+/// (shard id, the shard's own test listener) once the shard serves.
+type Ready = mpsc::Sender<Result<(usize, Option<SocketAddr>), StartError>>;
+
+fn run_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready: Ready) {
+    let shard_id = setup.thread_index;
+    let executor = match LocalExecutorBuilder::new(setup.placement.clone())
         .name(&format!("shard-{shard_id}"))
-        .io_memory(IO_MEMORY_PER_SHARD)
+        .io_memory(setup.io_memory)
         .make()
     {
         Ok(executor) => executor,
         Err(e) => {
             let reason = format!(
-                "{e} (glommio needs io_uring and {IO_MEMORY_PER_SHARD} bytes of locked memory per \
-                 shard: check `ulimit -l`)"
+                "{e} (glommio needs io_uring and {} bytes of locked memory per shard: check \
+                 `ulimit -l`)",
+                setup.io_memory
             );
             let _ = ready.send(Err(StartError::Executor { shard: shard_id, reason }));
             return;
         }
     };
-    executor.run(async move {
-        let listener = match TcpListener::bind(addr) {
-            Ok(listener) => listener,
-            Err(e) => {
-                let source = std::io::Error::other(e.to_string());
-                let _ = ready.send(Err(StartError::Bind { addr, source }));
-                return;
-            }
-        };
-        let counters = Rc::new(ShardCounters::default());
-        let registry = Registry::new(relay_settings(&config), counters.clone());
-        let ctx = Rc::new(ConnContext::new(
-            shard_id,
-            registry,
-            counters.clone(),
-            config.session_config(),
-            config.handshake_timeout(),
-        ));
-        let _ = ready.send(Ok(()));
+    executor.run(serve_shard(setup, control, ready));
+}
 
-        let accept_loop = {
-            let ctx = ctx.clone();
-            async move {
-                loop {
-                    match listener.accept().await {
-                        Ok(stream) => {
-                            glommio::spawn_local(conn::serve(ctx.clone(), stream)).detach();
-                        }
-                        Err(e) => {
-                            // EMFILE/ENFILE and friends: keep serving the connections we have and
-                            // try again shortly instead of spinning or dying.
-                            ctx.counters.accept_errors.inc();
-                            warn!(shard = shard_id, error = %e, "accept failed");
-                            glommio::timer::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
+/// Returns when told to shut down (or when the controller is gone).
+async fn wait_for_shutdown(
+    control: &mpsc::Receiver<Control>,
+    on_snapshot: impl Fn() -> ShardSnapshot,
+) {
+    loop {
+        loop {
+            match control.try_recv() {
+                Ok(Control::Snapshot(reply)) => {
+                    let _ = reply.send(on_snapshot());
                 }
+                Ok(Control::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return,
+                Err(mpsc::TryRecvError::Empty) => break,
             }
+        }
+        glommio::timer::sleep(HOUSEKEEPING_INTERVAL).await;
+    }
+}
+
+async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready: Ready) {
+    let ShardSetup { thread_index, shard_count, addr, config, mesh, .. } = setup;
+    let bind = |addr: SocketAddr| {
+        TcpListener::bind(addr)
+            .map_err(|e| StartError::Bind { addr, source: std::io::Error::other(e.to_string()) })
+    };
+    let listeners = bind(addr).and_then(|listener| {
+        let test_listener = if config.debug_shard_listeners {
+            Some(bind(SocketAddr::from(([127, 0, 0, 1], 0)))?)
+        } else {
+            None
         };
-        let housekeeping = async move {
-            loop {
-                glommio::timer::sleep(HOUSEKEEPING_INTERVAL).await;
-                ctx.registry.expire_waiting(std::time::Instant::now());
-                loop {
-                    match control.try_recv() {
-                        Ok(Control::Snapshot(reply)) => {
-                            let _ = reply.send(counters.snapshot());
-                        }
-                        Ok(Control::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return,
-                        Err(mpsc::TryRecvError::Empty) => break,
-                    }
-                }
-            }
-        };
-        accept_loop.or(housekeeping).await;
+        Ok((listener, test_listener))
     });
+    let (listener, test_listener) = match listeners {
+        Ok(listeners) => listeners,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+
+    // Every shard must join the mesh before any can use it; a shutdown meanwhile (another
+    // shard failed to start) ends the wait.
+    let mut mesh_ends = None;
+    if shard_count > 1 {
+        let joined = async { Some(mesh.join().await) }
+            .or(async {
+                wait_for_shutdown(&control, || ShardSnapshot {
+                    shard: thread_index,
+                    counters: CountersSnapshot::default(),
+                    mesh: Vec::new(),
+                })
+                .await;
+                None
+            })
+            .await;
+        match joined {
+            Some(Ok(ends)) => mesh_ends = Some(ends),
+            _ => return,
+        }
+    }
+    let shard_id = mesh_ends.as_ref().map_or(0, |(senders, _)| senders.peer_id());
+
+    let outboxes: Vec<Rc<PeerOutbox>> = (0..shard_count)
+        .map(|peer| Rc::new(PeerOutbox::new(peer, config.mesh_frame_limit)))
+        .collect();
+    let counters = Rc::new(ShardCounters::default());
+    let registry =
+        Registry::sharded(relay_settings(&config), counters.clone(), shard_id, outboxes.clone());
+    let ctx = Rc::new(ConnContext::new(
+        shard_id,
+        registry,
+        counters.clone(),
+        config.session_config(),
+        config.handshake_timeout(),
+    ));
+    let snapshot = {
+        let ctx = ctx.clone();
+        move || ShardSnapshot {
+            shard: shard_id,
+            counters: ctx.counters.snapshot(),
+            mesh: ctx.registry.mesh_counts(),
+        }
+    };
+
+    let mut _mesh_tasks = Vec::new();
+    if let Some((senders, mut receivers)) = mesh_ends {
+        let senders = Rc::new(senders);
+        for outbox in outboxes.iter().filter(|o| o.peer() != shard_id) {
+            let (outbox, senders) = (outbox.clone(), senders.clone());
+            _mesh_tasks.push(glommio::spawn_local(async move {
+                loop {
+                    let message = outbox.next().await;
+                    if senders.send_to(outbox.peer(), message).await.is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        for (peer, receiver) in receivers.streams() {
+            let ctx = ctx.clone();
+            _mesh_tasks.push(glommio::spawn_local(async move {
+                while let Some(message) = receiver.recv().await {
+                    ctx.registry.handle(peer, message, Instant::now());
+                    glommio::yield_if_needed().await;
+                }
+            }));
+        }
+    }
+    let _ = ready.send(Ok((shard_id, test_listener.as_ref().and_then(|l| l.local_addr().ok()))));
+
+    let accept_loop = |listener: TcpListener| {
+        let ctx = ctx.clone();
+        async move {
+            loop {
+                match listener.accept().await {
+                    Ok(stream) => {
+                        glommio::spawn_local(conn::serve(ctx.clone(), stream)).detach();
+                    }
+                    Err(e) => {
+                        // EMFILE/ENFILE and friends: keep serving the connections we have and
+                        // try again shortly instead of spinning or dying.
+                        ctx.counters.accept_errors.inc();
+                        warn!(shard = shard_id, error = %e, "accept failed");
+                        glommio::timer::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    };
+    let _test_accept = test_listener.map(|l| glommio::spawn_local(accept_loop(l)));
+    let housekeeping = {
+        let ctx = ctx.clone();
+        async move {
+            let expire = async {
+                loop {
+                    glommio::timer::sleep(HOUSEKEEPING_INTERVAL).await;
+                    ctx.registry.expire_waiting(Instant::now());
+                }
+            };
+            expire.or(wait_for_shutdown(&control, &snapshot)).await;
+        }
+    };
+    accept_loop(listener).or(housekeeping).await;
 }

@@ -29,8 +29,9 @@ pub enum FrameClass {
     Data,
 }
 
-/// One relayed message, immutable once built.
-#[derive(Debug)]
+/// One relayed message, immutable once built. Cloning it (to send it to another shard) costs
+/// two reference-count increments.
+#[derive(Debug, Clone)]
 pub struct Frame {
     pub kind: MediaKind,
     pub class: FrameClass,

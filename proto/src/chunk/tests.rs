@@ -6,7 +6,7 @@
 //! must be invisible in the output. The byte vectors are written out by hand, or with the small
 //! wire builders below, which are deliberately independent of `header.rs`.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 
 use super::*;
@@ -429,7 +429,7 @@ fn extended_timestamp_on_type3_continuations_repeated_or_omitted() {
 /// starts a new message reusing the extended delta.
 #[test]
 fn extended_delta_on_type3_new_messages_repeated_or_omitted() {
-    let delta = 0x0100_0000;
+    let delta: u32 = 0x0100_0000;
     let first = pattern(2, 1);
     let second = pattern(200, 2);
     let third = pattern(200, 3);
@@ -680,4 +680,492 @@ fn zero_length_messages() {
         msg(4, 0, 8, 1, &[1, 2]),
     ];
     check(Setup::chunk_size(1), &bytes, &expected);
+}
+
+#[test]
+fn message_exactly_one_chunk_long() {
+    let first = pattern(128, 1);
+    let second = pattern(128, 2);
+    let third = pattern(129, 3);
+    let bytes = cat(&[
+        &type0(4, 7, 128, 9, 1),
+        &first,
+        // The message above is complete, so this type 3 starts a new one.
+        &type3(4),
+        &second,
+        &type1(4, 1, 129, 9),
+        &third[..128],
+        &type3(4),
+        &third[128..],
+    ]);
+    check(
+        Setup::default(),
+        &bytes,
+        &[msg(4, 7, 9, 1, &first), msg(4, 14, 9, 1, &second), msg(4, 15, 9, 1, &third)],
+    );
+}
+
+#[test]
+fn chunk_size_one() {
+    let payload = [0x10, 0x20, 0x30, 0x40, 0x50];
+    let mut bytes = control(type_id::SET_CHUNK_SIZE, 1);
+    bytes.extend_from_slice(&type0(4, 3, 5, 8, 1));
+    for (i, byte) in payload.iter().enumerate() {
+        if i > 0 {
+            bytes.extend_from_slice(&type3(4));
+        }
+        bytes.push(*byte);
+    }
+    let decoder = check(
+        Setup::default(),
+        &bytes,
+        &[msg(2, 0, type_id::SET_CHUNK_SIZE, 0, &1u32.to_be_bytes()), msg(4, 3, 8, 1, &payload)],
+    );
+    assert_eq!(decoder.chunk_size(), 1);
+}
+
+/// Chunk size 1 with an extended timestamp: each one-byte piece is preceded by the four-byte
+/// repeat (Adobe) or not (omitted); a trailing message follows so the last piece is never the
+/// end of the input.
+#[test]
+fn chunk_size_one_with_extended_timestamp() {
+    let timestamp = 0x0102_0304;
+    let payload = [0x10, 0x20, 0x30, 0x40, 0x50];
+    let mut adobe = type0(4, timestamp, 5, 8, 1);
+    let mut omitted = adobe.clone();
+    for (i, byte) in payload.iter().enumerate() {
+        if i > 0 {
+            adobe.extend_from_slice(&type3(4));
+            adobe.extend_from_slice(&timestamp.to_be_bytes());
+            omitted.extend_from_slice(&type3(4));
+        }
+        adobe.push(*byte);
+        omitted.push(*byte);
+    }
+    let trailer = cat(&[&type0(5, 9, 1, 9, 1), &[0xee]]);
+    let expected = [msg(4, timestamp, 8, 1, &payload), msg(5, 9, 9, 1, &[0xee])];
+    check(Setup::chunk_size(1), &cat(&[&adobe, &trailer]), &expected);
+    check(Setup::chunk_size(1), &cat(&[&omitted, &trailer]), &expected);
+}
+
+/// A type 1 or 2 header in the middle of a message that keeps its length and type is a
+/// continuation (SRS accepts it too): the message keeps the timestamp it started with.
+#[test]
+fn repeated_header_mid_message_is_a_continuation() {
+    let payload = pattern(300, 4);
+    let bytes = cat(&[
+        &type0(4, 50, 300, 9, 1),
+        &payload[..128],
+        &type1(4, 33, 300, 9),
+        &payload[128..256],
+        &type2(4, 33),
+        &payload[256..],
+    ]);
+    check(Setup::default(), &bytes, &[msg(4, 50, 9, 1, &payload)]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The encoder, byte for byte.
+
+#[test]
+fn encoder_golden_vectors() {
+    let encode = |chunk_size, csid, timestamp, payload: &[u8]| {
+        let header =
+            MessageHeader { timestamp: RtmpTimestamp(timestamp), type_id: 9, stream_id: 1 };
+        let encoder = ChunkEncoder::new(chunk_size);
+        let mut out = BytesMut::new();
+        encoder.encode(csid, &header, payload, &mut out);
+        assert_eq!(out.len(), encoder.encoded_len(csid, &header, payload.len()));
+        out.to_vec()
+    };
+    let payload = pattern(300, 1);
+    #[rustfmt::skip]
+    let expected_head = [
+        0x06, 0xff, 0xff, 0xff, 0x00, 0x01, 0x2c, 0x09, 0x01, 0x00, 0x00, 0x00,
+        0x01, 0x23, 0x45, 0x67,
+    ];
+    let adobe = cat(&[
+        &expected_head,
+        &payload[..128],
+        &[0xc6, 0x01, 0x23, 0x45, 0x67],
+        &payload[128..256],
+        &[0xc6, 0x01, 0x23, 0x45, 0x67],
+        &payload[256..],
+    ]);
+    assert_eq!(encode(128, 6, 0x0123_4567, &payload), adobe);
+    #[rustfmt::skip]
+    assert_eq!(
+        encode(2, 64, 1, &[1, 2, 3]),
+        [0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x03, 0x09, 0x01, 0x00, 0x00, 0x00, 1, 2,
+         0xc0, 0x00, 3]
+    );
+    #[rustfmt::skip]
+    assert_eq!(
+        encode(2, 65599, 1, &[1, 2, 3]),
+        [0x01, 0xff, 0xff, 0x00, 0x00, 0x01, 0x00, 0x00, 0x03, 0x09, 0x01, 0x00, 0x00, 0x00,
+         1, 2, 0xc1, 0xff, 0xff, 3]
+    );
+    // An empty message is one header and nothing else.
+    assert_eq!(encode(128, 3, 0, &[]), type0(3, 0, 0, 9, 1));
+    // The encoder's chunk size is clamped into 1..=MAX_CHUNK_SIZE.
+    assert_eq!(ChunkEncoder::new(0).chunk_size(), 1);
+    assert_eq!(ChunkEncoder::new(u32::MAX).chunk_size(), MAX_CHUNK_SIZE);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors and limits.
+
+fn small_limits() -> Limits {
+    Limits { max_message_len: 1000, max_chunk_streams: 3, max_partial_bytes: 200 }
+}
+
+#[test]
+fn message_too_long_from_the_header_alone() {
+    let setup = Setup::limits(small_limits());
+    check_err(
+        setup,
+        &type0(4, 0, 1001, 9, 1),
+        &[],
+        DecodeError::MessageTooLong { csid: 4, length: 1001, limit: 1000 },
+    );
+    // At the limit is fine; the header alone is just "need more".
+    let outcome = run(setup, &type0(4, 0, 1000, 9, 1), usize::MAX);
+    assert_eq!((outcome.error, outcome.messages.len()), (None, 0));
+    // Type 1 headers declare lengths too, also on a fresh chunk stream.
+    let bytes = cat(&[&type0(4, 0, 1, 9, 1), &[1], &type1(4, 0, 1001, 9)]);
+    check_err(
+        setup,
+        &bytes,
+        &[msg(4, 0, 9, 1, &[1])],
+        DecodeError::MessageTooLong { csid: 4, length: 1001, limit: 1000 },
+    );
+    check_err(
+        setup,
+        &type1(5, 0, 0xff_ffff, 9),
+        &[],
+        DecodeError::MessageTooLong { csid: 5, length: 0xff_ffff, limit: 1000 },
+    );
+    check_err(
+        Setup::default(),
+        &type0(4, 0, 0xff_ffff, 9, 1),
+        &[],
+        DecodeError::MessageTooLong { csid: 4, length: 0xff_ffff, limit: 8 * 1024 * 1024 },
+    );
+}
+
+#[test]
+fn too_many_chunk_streams() {
+    let bytes = cat(&[
+        &type0(3, 0, 1, 9, 1),
+        &[1],
+        &type0(4, 0, 1, 9, 1),
+        &[2],
+        &type0(64, 0, 1, 9, 1),
+        &[3],
+    ]);
+    let expected = [msg(3, 0, 9, 1, &[1]), msg(4, 0, 9, 1, &[2]), msg(64, 0, 9, 1, &[3])];
+    let setup = Setup::limits(small_limits());
+    let decoder = check(setup, &bytes, &expected);
+    assert_eq!(decoder.chunk_stream_count(), 3);
+    // Known chunk streams stay usable...
+    let more = cat(&[&bytes, &type3(4), &[4]]);
+    let mut with_more = expected.to_vec();
+    with_more.push(msg(4, 0, 9, 1, &[4]));
+    check(setup, &more, &with_more);
+    // ...a fourth one is refused at its header.
+    check_err(
+        setup,
+        &cat(&[&bytes, &type0(320, 0, 1, 9, 1)]),
+        &expected,
+        DecodeError::TooManyChunkStreams { limit: 3 },
+    );
+}
+
+#[test]
+fn partial_bytes_exceeded() {
+    let setup = Setup::limits(small_limits());
+    let payload = pattern(1000, 1);
+    // 128 bytes held after the first chunk; the second would make 256 > 200.
+    check_err(
+        setup,
+        &cat(&[&type0(4, 0, 1000, 9, 1), &payload[..128], &type3(4)]),
+        &[],
+        DecodeError::PartialBytesExceeded { limit: 200 },
+    );
+    // Two chunk streams together.
+    check_err(
+        setup,
+        &cat(&[&type0(4, 0, 150, 9, 1), &payload[..128], &type0(6, 0, 150, 9, 1)]),
+        &[],
+        DecodeError::PartialBytesExceeded { limit: 200 },
+    );
+    // A chunk that completes its message releases what it adds: 128 + 122 is fine.
+    check(
+        setup,
+        &cat(&[&type0(4, 0, 250, 9, 1), &payload[..128], &type3(4), &payload[128..250]]),
+        &[msg(4, 0, 9, 1, &payload[..250])],
+    );
+}
+
+#[test]
+fn no_previous_header() {
+    check_err(
+        Setup::default(),
+        &type2(4, 1),
+        &[],
+        DecodeError::NoPreviousHeader { csid: 4, fmt: 2 },
+    );
+    check_err(Setup::default(), &type3(4), &[], DecodeError::NoPreviousHeader { csid: 4, fmt: 3 });
+    check_err(
+        Setup::default(),
+        &cat(&[&type0(4, 0, 1, 9, 1), &[1], &type3(320)]),
+        &[msg(4, 0, 9, 1, &[1])],
+        DecodeError::NoPreviousHeader { csid: 320, fmt: 3 },
+    );
+}
+
+#[test]
+fn new_message_mid_message() {
+    let payload = pattern(300, 1);
+    check_err(
+        Setup::default(),
+        &cat(&[&type0(4, 0, 300, 9, 1), &payload[..128], &type0(4, 0, 300, 9, 1)]),
+        &[],
+        DecodeError::NewMessageMidMessage { csid: 4 },
+    );
+}
+
+#[test]
+fn length_changed_mid_message() {
+    let payload = pattern(300, 1);
+    let start = cat(&[&type0(4, 0, 300, 9, 1), &payload[..128]]);
+    check_err(
+        Setup::default(),
+        &cat(&[&start, &type1(4, 0, 200, 9)]),
+        &[],
+        DecodeError::LengthChangedMidMessage { csid: 4, was: 300, now: 200 },
+    );
+    // A type change is refused the same way.
+    check_err(
+        Setup::default(),
+        &cat(&[&start, &type1(4, 0, 300, 8)]),
+        &[],
+        DecodeError::LengthChangedMidMessage { csid: 4, was: 300, now: 300 },
+    );
+}
+
+#[test]
+fn invalid_chunk_size() {
+    check_err(
+        Setup::default(),
+        &control(type_id::SET_CHUNK_SIZE, 0),
+        &[],
+        DecodeError::InvalidChunkSize(0),
+    );
+    check_err(
+        Setup::default(),
+        &control(type_id::SET_CHUNK_SIZE, 0x8000_0000),
+        &[],
+        DecodeError::InvalidChunkSize(0x8000_0000),
+    );
+    let mut decoder = ChunkDecoder::new(Limits::default());
+    assert_eq!(decoder.set_chunk_size(0), Err(DecodeError::InvalidChunkSize(0)));
+    assert_eq!(decoder.set_chunk_size(MAX_CHUNK_SIZE), Ok(()));
+    assert_eq!(decoder.chunk_size(), MAX_CHUNK_SIZE);
+}
+
+#[test]
+fn short_control_messages() {
+    let mut bytes = type0(2, 0, 3, type_id::SET_CHUNK_SIZE, 0);
+    bytes.extend_from_slice(&[0, 0, 1]);
+    check_err(
+        Setup::default(),
+        &bytes,
+        &[],
+        DecodeError::ShortControlMessage { type_id: type_id::SET_CHUNK_SIZE },
+    );
+    check_err(
+        Setup::default(),
+        &type0(2, 0, 0, type_id::ABORT, 0),
+        &[],
+        DecodeError::ShortControlMessage { type_id: type_id::ABORT },
+    );
+}
+
+/// A header may declare 8 MiB; until the bytes are there nothing is consumed or held, and
+/// afterwards only what arrived is held.
+#[test]
+fn declared_length_is_not_reserved() {
+    let declared = Limits::default().max_message_len;
+    let header = type0(6, 0, declared, 9, 1);
+    for chunk_size in [DEFAULT_CHUNK_SIZE, 65536, MAX_CHUNK_SIZE] {
+        let mut decoder = Setup::chunk_size(chunk_size).decoder();
+        let mut input = BytesMut::from(&header[..]);
+        input.extend_from_slice(&pattern(10, 1));
+        assert_eq!(decoder.decode(&mut input), Ok(None));
+        assert_eq!(decoder.partial_bytes(), 0);
+        assert_eq!(input.len(), header.len() + 10, "a partial chunk stays in the input");
+        assert_eq!(decoder.chunk_stream_count(), 0);
+    }
+    // In 128-byte chunks the decoder holds exactly what it has been sent.
+    let mut decoder = ChunkDecoder::new(Limits::default());
+    let mut input = BytesMut::from(&header[..]);
+    input.extend_from_slice(&pattern(128, 1));
+    for chunks in 1..=10 {
+        assert_eq!(decoder.decode(&mut input), Ok(None));
+        assert_eq!(decoder.partial_bytes(), 128 * chunks);
+        assert!(input.is_empty());
+        input.extend_from_slice(&type3(6));
+        input.extend_from_slice(&pattern(128, chunks as u8));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties.
+
+fn csid_strategy() -> impl Strategy<Value = u32> {
+    prop_oneof![2u32..=5, 62u32..=66, 318u32..=322, 65590u32..=MAX_CSID, 2u32..=MAX_CSID]
+}
+
+fn timestamp_strategy() -> impl Strategy<Value = u32> {
+    prop_oneof![0u32..100, 0xff_fff0u32..0x100_0010, Just(u32::MAX), any::<u32>()]
+}
+
+fn chunk_size_strategy() -> impl Strategy<Value = u32> {
+    prop_oneof![1u32..=8, 120u32..=140, 1u32..=70_000]
+}
+
+fn message_strategy() -> impl Strategy<Value = RawMessage> {
+    (
+        csid_strategy(),
+        timestamp_strategy(),
+        // Set Chunk Size and Abort on stream 0 would act on the decoder; they have tests above.
+        3u8..=255,
+        any::<u32>(),
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..300),
+            proptest::collection::vec(any::<u8>(), 0..20_000)
+        ],
+    )
+        .prop_map(|(csid, timestamp, type_id, stream_id, payload)| RawMessage {
+            csid,
+            header: MessageHeader { timestamp: RtmpTimestamp(timestamp), type_id, stream_id },
+            payload: payload.into(),
+        })
+}
+
+/// Feeds `bytes` in pieces of the given sizes, cycling through them.
+fn decode_split(decoder: &mut ChunkDecoder, bytes: &[u8], pieces: &[usize]) -> Vec<RawMessage> {
+    let mut input = BytesMut::new();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    for &piece in pieces.iter().cycle() {
+        if pos == bytes.len() {
+            break;
+        }
+        let end = (pos + piece).min(bytes.len());
+        input.extend_from_slice(&bytes[pos..end]);
+        pos = end;
+        while let Some(message) = decoder.decode(&mut input).expect("valid encoder output") {
+            out.push(message);
+        }
+    }
+    assert!(input.is_empty());
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn encoder_decoder_round_trip(
+        messages in proptest::collection::vec(message_strategy(), 1..6),
+        chunk_size in chunk_size_strategy(),
+        pieces in proptest::collection::vec(1usize..6000, 1..12),
+    ) {
+        let encoder = ChunkEncoder::new(chunk_size);
+        let mut wire = BytesMut::new();
+        for m in &messages {
+            let before = wire.len();
+            encoder.encode(m.csid, &m.header, &m.payload, &mut wire);
+            prop_assert_eq!(
+                wire.len() - before,
+                encoder.encoded_len(m.csid, &m.header, m.payload.len())
+            );
+        }
+        let mut decoder = ChunkDecoder::new(Limits::default());
+        decoder.set_chunk_size(chunk_size).unwrap();
+        let decoded = decode_split(&mut decoder, &wire, &pieces);
+        prop_assert_eq!(decoded, messages);
+        prop_assert_eq!(decoder.partial_bytes(), 0);
+    }
+
+    #[test]
+    fn encoded_len_is_exact(
+        csid in csid_strategy(),
+        timestamp in timestamp_strategy(),
+        len in 0usize..20_000,
+        chunk_size in chunk_size_strategy(),
+    ) {
+        let header = MessageHeader { timestamp: RtmpTimestamp(timestamp), type_id: 9, stream_id: 1 };
+        let encoder = ChunkEncoder::new(chunk_size);
+        let mut out = BytesMut::new();
+        encoder.encode(csid, &header, &vec![0x5a; len], &mut out);
+        prop_assert_eq!(out.len(), encoder.encoded_len(csid, &header, len));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(
+        bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+        piece in prop_oneof![1usize..8, 1usize..5000],
+        small in any::<bool>(),
+    ) {
+        let limits = if small { small_limits() } else { Limits::default() };
+        // `run` checks the partial-bytes limit after every call.
+        let outcome = run(Setup::limits(limits), &bytes, piece);
+        prop_assert!(outcome.decoder.chunk_stream_count() <= limits.max_chunk_streams);
+    }
+
+    /// Chunk-shaped noise: real headers with random fields on a few chunk streams, so that
+    /// reassembly, the limits and the extended-timestamp guess are reached far more often than
+    /// by random bytes.
+    #[test]
+    fn chunk_shaped_noise_never_panics_and_respects_limits(
+        chunks in proptest::collection::vec(
+            (
+                0u8..4,
+                prop_oneof![Just(2u32), Just(3), Just(4), Just(64), Just(320)],
+                prop_oneof![0u32..10, 0xff_fff0u32..0x100_0010],
+                0u32..600,
+                prop_oneof![Just(1u8), Just(2), Just(8), Just(9), any::<u8>()],
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 0..300),
+            ),
+            0..40,
+        ),
+        piece in prop_oneof![1usize..8, 1usize..5000],
+        limits in (1u32..700, 1usize..5, 1usize..700).prop_map(|(len, streams, partial)| Limits {
+            max_message_len: len,
+            max_chunk_streams: streams,
+            max_partial_bytes: partial,
+        }),
+        chunk_size in chunk_size_strategy(),
+    ) {
+        let mut bytes = Vec::new();
+        for (fmt, csid, time, len, type_id, stream_id, payload) in chunks {
+            bytes.extend_from_slice(&match fmt {
+                0 => type0(csid, time, len, type_id, stream_id),
+                1 => type1(csid, time, len, type_id),
+                2 => type2(csid, time),
+                _ => type3(csid),
+            });
+            bytes.extend_from_slice(&payload);
+        }
+        let setup = Setup { limits, chunk_size };
+        let outcome = run(setup, &bytes, piece);
+        prop_assert!(outcome.decoder.chunk_stream_count() <= limits.max_chunk_streams);
+        for message in &outcome.messages {
+            prop_assert!(message.payload.len() <= limits.max_message_len as usize);
+        }
+    }
 }

@@ -1,0 +1,461 @@
+//! One live stream on one shard: its publisher, late-join cache, local subscribers and, on the
+//! owner shard, the other shards that mirror it.
+//!
+//! The same type serves as the owner's stream and as a mirror on another shard. The owner
+//! encodes and classifies each published message once and forwards the resulting [`Frame`]
+//! once per mirroring shard, never once per remote subscriber; a mirror keeps its own late-join
+//! cache so later players on its shard start without asking the owner.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use rtmp_proto::chunk::ChunkEncoder;
+use rtmp_proto::media::{self, AudioConfig, VideoConfig};
+use rtmp_proto::session::{notify, Media, MediaKind};
+use rtmp_proto::time::RtmpTimestamp;
+use tracing::{info, warn};
+
+use super::cache::{CacheLimits, LateJoinCache};
+use super::frame::{Frame, FrameClass, PLAY_STREAM_ID};
+use super::shard::{PeerOutbox, ShardMessage};
+use super::subscriber::Subscriber;
+use super::{PublishRefused, PublisherInfo, RelaySettings, StreamKey};
+use crate::metrics::ShardCounters;
+
+/// What a stream knows about its codecs, from the sequence headers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CodecInfo {
+    pub video: Option<VideoConfig>,
+    pub audio: Option<AudioConfig>,
+    /// Whether the codec line was logged for the current publisher.
+    logged: bool,
+}
+
+/// A shard that mirrors this (owned) stream.
+#[derive(Debug)]
+struct RemoteMirror {
+    shard: usize,
+    outbox: Rc<PeerOutbox>,
+    /// Dropping video to that shard until the next keyframe (its channel is backed up).
+    skipping: Cell<bool>,
+}
+
+#[derive(Debug)]
+struct StreamState {
+    publisher: Option<PublisherInfo>,
+    cache: LateJoinCache,
+    subscribers: Vec<Rc<Subscriber>>,
+    /// Shards that mirror this stream (owner only).
+    remotes: Vec<RemoteMirror>,
+    codecs: CodecInfo,
+    /// Since when the stream has had no publisher (players wait until `republish_wait`).
+    idle_since: Option<Instant>,
+    last_timestamp: RtmpTimestamp,
+    messages_in: u64,
+    bytes_in: u64,
+}
+
+/// One live stream on one shard.
+#[derive(Debug)]
+pub struct Stream {
+    pub key: StreamKey,
+    /// The owner's id for the stream, unique across shards; a mirror learns it from the
+    /// owner's snapshot (0 until then).
+    uid: Cell<u64>,
+    /// True on a shard that does not own the key.
+    mirror: bool,
+    state: RefCell<StreamState>,
+}
+
+impl Stream {
+    pub(super) fn new(
+        key: StreamKey,
+        uid: u64,
+        mirror: bool,
+        cache: CacheLimits,
+        now: Instant,
+    ) -> Self {
+        Self {
+            key,
+            uid: Cell::new(uid),
+            mirror,
+            state: RefCell::new(StreamState {
+                publisher: None,
+                cache: LateJoinCache::new(cache),
+                subscribers: Vec::new(),
+                remotes: Vec::new(),
+                codecs: CodecInfo::default(),
+                idle_since: Some(now),
+                last_timestamp: RtmpTimestamp::ZERO,
+                messages_in: 0,
+                bytes_in: 0,
+            }),
+        }
+    }
+
+    pub fn uid(&self) -> u64 {
+        self.uid.get()
+    }
+
+    pub(super) fn set_uid(&self, uid: u64) {
+        self.uid.set(uid);
+    }
+
+    pub fn is_mirror(&self) -> bool {
+        self.mirror
+    }
+
+    pub fn publisher(&self) -> Option<PublisherInfo> {
+        self.state.borrow().publisher.clone()
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.state.borrow().subscribers.len()
+    }
+
+    /// Shards mirroring this stream (owner only).
+    pub fn mirror_shards(&self) -> Vec<usize> {
+        self.state.borrow().remotes.iter().map(|r| r.shard).collect()
+    }
+
+    pub fn codecs(&self) -> CodecInfo {
+        self.state.borrow().codecs.clone()
+    }
+
+    pub fn gop_cache_bytes(&self) -> usize {
+        self.state.borrow().cache.gop_bytes()
+    }
+
+    /// Messages and payload bytes received (from the publisher, or from the owner for a mirror).
+    pub fn ingress(&self) -> (u64, u64) {
+        let state = self.state.borrow();
+        (state.messages_in, state.bytes_in)
+    }
+
+    pub(super) fn idle_since(&self) -> Option<Instant> {
+        let state = self.state.borrow();
+        if state.publisher.is_some() {
+            None
+        } else {
+            state.idle_since
+        }
+    }
+
+    /// Nothing needs it any more: a mirror without local players, or an owned stream that
+    /// nobody publishes, plays or mirrors.
+    pub(super) fn is_unused(&self) -> bool {
+        let state = self.state.borrow();
+        if self.mirror {
+            return state.subscribers.is_empty();
+        }
+        state.publisher.is_none() && state.subscribers.is_empty() && state.remotes.is_empty()
+    }
+
+    /// Pauses or resumes one player of this stream.
+    pub fn set_paused(&self, conn_id: u64, stream_id: u32, paused: bool) {
+        let state = self.state.borrow();
+        for s in
+            state.subscribers.iter().filter(|s| s.conn_id == conn_id && s.stream_id == stream_id)
+        {
+            s.set_paused(paused);
+        }
+    }
+
+    /// Relays one message published on this shard: classify and encode once, then
+    /// [`Self::relay_frame`].
+    pub fn relay(
+        &self,
+        media: Media,
+        now: Instant,
+        settings: &RelaySettings,
+        counters: &ShardCounters,
+    ) {
+        counters.messages_in.inc();
+        counters.bytes_in.add(media.payload.len() as u64);
+        let frame = Frame::new(
+            media.kind,
+            media.timestamp,
+            media.payload,
+            media.is_metadata,
+            &settings.encoder,
+        );
+        self.relay_frame(Rc::new(frame), now, settings, counters);
+    }
+
+    /// Relays one ready frame (from a local publisher, a publisher on another shard, or the
+    /// owner for a mirror): update the cache, queue a reference to every local subscriber
+    /// and send it once to every mirroring shard.
+    pub fn relay_frame(
+        &self,
+        frame: Rc<Frame>,
+        now: Instant,
+        settings: &RelaySettings,
+        counters: &ShardCounters,
+    ) {
+        let mut state = self.state.borrow_mut();
+        state.messages_in += 1;
+        state.bytes_in += frame.len() as u64;
+        if frame.kind != MediaKind::Data {
+            state.last_timestamp = frame.timestamp;
+        }
+        self.detect_codec(&mut state.codecs, &frame);
+        state.cache.on_frame(&frame);
+        for subscriber in &state.subscribers {
+            subscriber.deliver(&frame, now, settings, counters);
+        }
+        for remote in &state.remotes {
+            remote.outbox.push_frame(
+                ShardMessage::Frame { uid: self.uid(), frame: Frame::clone(&frame) },
+                &frame,
+                &remote.skipping,
+            );
+        }
+    }
+
+    /// Reads codec configuration from sequence headers (and, for codecs without one, from the
+    /// first audio frame). The stream's codecs are logged in one line when its first coded
+    /// frame arrives, by which time an encoder has sent every header it is going to send; a
+    /// configuration that changes mid-stream is logged again. Mirrors stay quiet: the owner
+    /// logs.
+    fn detect_codec(&self, codecs: &mut CodecInfo, frame: &Frame) {
+        let changed = match (frame.kind, frame.class) {
+            (MediaKind::Video, FrameClass::SequenceHeader) => {
+                match media::parse_video_config(&frame.payload) {
+                    Ok(config) => replace_if_changed(&mut codecs.video, config),
+                    Err(e) => {
+                        warn!(stream = %self.key, error = %e, "unreadable video sequence header");
+                        false
+                    }
+                }
+            }
+            (MediaKind::Audio, FrameClass::SequenceHeader) => {
+                match media::parse_audio_config(&frame.payload) {
+                    Ok(config) => replace_if_changed(&mut codecs.audio, config),
+                    Err(e) => {
+                        warn!(stream = %self.key, error = %e, "unreadable audio sequence header");
+                        false
+                    }
+                }
+            }
+            // MP3, PCM, Speex... have no sequence header: their flags byte says it all.
+            (MediaKind::Audio, FrameClass::Audio) if codecs.audio.is_none() => {
+                match media::parse_audio_config(&frame.payload) {
+                    Ok(config) => replace_if_changed(&mut codecs.audio, config),
+                    Err(_) => false,
+                }
+            }
+            _ => false,
+        };
+        let coded = matches!(
+            frame.class,
+            FrameClass::Keyframe | FrameClass::InterFrame | FrameClass::Audio
+        );
+        if (coded && !codecs.logged) || (changed && codecs.logged) {
+            if !self.mirror {
+                let describe = |c: Option<String>| c.unwrap_or_else(|| "none".into());
+                info!(
+                    stream = %self.key,
+                    video = %describe(codecs.video.as_ref().map(ToString::to_string)),
+                    audio = %describe(codecs.audio.as_ref().map(ToString::to_string)),
+                    "{}",
+                    if codecs.logged { "codec changed" } else { "codecs detected" }
+                );
+            }
+            codecs.logged = true;
+        }
+    }
+
+    /// A publisher starts: players already waiting are told the stream (re)started and resume
+    /// at the new publisher's first keyframe; mirrors are told too.
+    pub(super) fn start_publishing(
+        &self,
+        publisher: PublisherInfo,
+        now: Instant,
+        settings: &RelaySettings,
+    ) -> Result<(), PublishRefused> {
+        let mut state = self.state.borrow_mut();
+        if let Some(current) = &state.publisher {
+            return Err(PublishRefused::AlreadyPublishing { by: current.peer });
+        }
+        state.publisher = Some(publisher.clone());
+        state.idle_since = None;
+        state.cache.clear();
+        state.codecs = CodecInfo::default();
+        for subscriber in &state.subscribers {
+            subscriber.skipping.set(true);
+        }
+        notify_all(&state.subscribers, settings, &self.key.name, now, notify::published);
+        for remote in &state.remotes {
+            remote.skipping.set(false);
+            remote
+                .outbox
+                .push(ShardMessage::Published { uid: self.uid(), publisher: publisher.clone() });
+        }
+        Ok(())
+    }
+
+    /// The publisher left: players get StreamEOF + UnpublishNotify and wait for a republish.
+    /// Returns false when `conn_id` was not the publisher (a stale request).
+    pub(super) fn stop_publishing(
+        &self,
+        conn_id: Option<u64>,
+        now: Instant,
+        settings: &RelaySettings,
+    ) -> bool {
+        let mut state = self.state.borrow_mut();
+        match (&state.publisher, conn_id) {
+            (None, _) => return false,
+            (Some(p), Some(id)) if p.conn_id != id => return false,
+            _ => {}
+        }
+        state.publisher = None;
+        state.idle_since = Some(now);
+        state.cache.clear();
+        state.codecs = CodecInfo::default();
+        notify_all(&state.subscribers, settings, &self.key.name, now, notify::unpublished);
+        for remote in &state.remotes {
+            remote.outbox.push(ShardMessage::Unpublished { uid: self.uid() });
+        }
+        true
+    }
+
+    /// Adds a local player and queues the late-join cache to it (the caller has queued the
+    /// play replies already).
+    pub(super) fn add_subscriber(
+        &self,
+        subscriber: Rc<Subscriber>,
+        now: Instant,
+        settings: &RelaySettings,
+    ) {
+        let mut state = self.state.borrow_mut();
+        if state.publisher.is_some() {
+            let replay = state.cache.replay(state.last_timestamp, &settings.encoder);
+            let has_keyframe = replay.iter().any(|f| f.class == FrameClass::Keyframe);
+            for frame in &replay {
+                subscriber.push_frame(frame, now, settings);
+            }
+            // Without a cached GOP, inter frames before the next keyframe are undecodable.
+            subscriber.skipping.set(!has_keyframe);
+        } else {
+            subscriber.skipping.set(true);
+        }
+        state.subscribers.push(subscriber);
+    }
+
+    /// Removes a local player; returns how many entries went (0 or 1).
+    pub(super) fn remove_subscriber(&self, conn_id: u64, stream_id: u32) -> usize {
+        let mut state = self.state.borrow_mut();
+        let before = state.subscribers.len();
+        state.subscribers.retain(|s| !(s.conn_id == conn_id && s.stream_id == stream_id));
+        before - state.subscribers.len()
+    }
+
+    /// Takes every local player away (the wait for a publisher ran out).
+    pub(super) fn take_subscribers(&self) -> Vec<Rc<Subscriber>> {
+        std::mem::take(&mut self.state.borrow_mut().subscribers)
+    }
+
+    /// Owner: starts feeding `shard`, and returns what its mirror needs to start: the publisher
+    /// and the late-join cache, in replay order.
+    pub(super) fn add_remote(
+        &self,
+        shard: usize,
+        outbox: Rc<PeerOutbox>,
+        encoder: &ChunkEncoder,
+    ) -> (Option<PublisherInfo>, Vec<Frame>) {
+        let mut state = self.state.borrow_mut();
+        state.remotes.retain(|r| r.shard != shard);
+        state.remotes.push(RemoteMirror { shard, outbox, skipping: Cell::new(false) });
+        let frames = if state.publisher.is_some() {
+            state
+                .cache
+                .replay(state.last_timestamp, encoder)
+                .iter()
+                .map(|f| Frame::clone(f))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (state.publisher.clone(), frames)
+    }
+
+    /// Owner: stops feeding `shard`.
+    pub(super) fn remove_remote(&self, shard: usize) {
+        self.state.borrow_mut().remotes.retain(|r| r.shard != shard);
+    }
+
+    /// Mirror: loads the owner's state, then queues the cache to the local players who waited
+    /// for it.
+    pub(super) fn load_snapshot(
+        &self,
+        publisher: Option<PublisherInfo>,
+        frames: Vec<Frame>,
+        now: Instant,
+        settings: &RelaySettings,
+    ) {
+        let mut state = self.state.borrow_mut();
+        state.cache.clear();
+        state.publisher = publisher;
+        if state.publisher.is_none() {
+            return;
+        }
+        state.idle_since = None;
+        let frames: Vec<Rc<Frame>> = frames.into_iter().map(Rc::new).collect();
+        for frame in &frames {
+            if frame.kind != MediaKind::Data {
+                state.last_timestamp = frame.timestamp;
+            }
+            let codecs = &mut state.codecs;
+            self.detect_codec(codecs, frame);
+            state.cache.on_frame(frame);
+        }
+        let has_keyframe = frames.iter().any(|f| f.class == FrameClass::Keyframe);
+        for subscriber in &state.subscribers {
+            for frame in &frames {
+                subscriber.push_frame(frame, now, settings);
+            }
+            subscriber.skipping.set(!has_keyframe);
+        }
+    }
+}
+
+fn replace_if_changed<T: PartialEq>(slot: &mut Option<T>, value: T) -> bool {
+    if slot.as_ref() == Some(&value) {
+        return false;
+    }
+    *slot = Some(value);
+    true
+}
+
+/// Encodes a notification for one message stream id.
+fn notification(
+    settings: &RelaySettings,
+    stream_id: u32,
+    key: &str,
+    write: fn(&ChunkEncoder, u32, &str, &mut BytesMut),
+) -> Bytes {
+    let mut out = BytesMut::with_capacity(256);
+    write(&settings.encoder, stream_id, key, &mut out);
+    out.freeze()
+}
+
+/// Queues the same notification to every subscriber, encoding it once per message stream id.
+pub(super) fn notify_all(
+    subscribers: &[Rc<Subscriber>],
+    settings: &RelaySettings,
+    key: &str,
+    now: Instant,
+    write: fn(&ChunkEncoder, u32, &str, &mut BytesMut),
+) {
+    let shared = notification(settings, PLAY_STREAM_ID, key, write);
+    for subscriber in subscribers {
+        let bytes = if subscriber.stream_id == PLAY_STREAM_ID {
+            shared.clone()
+        } else {
+            notification(settings, subscriber.stream_id, key, write)
+        };
+        subscriber.queue.push_bytes(bytes, now);
+    }
+}

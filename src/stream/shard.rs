@@ -1,0 +1,218 @@
+//! Which shard owns which stream, and what shards say to each other.
+//!
+//! A stream is owned by the shard `hash(app/key) % shards`: only that shard mutates it. Any
+//! other shard reaches it with [`ShardMessage`]s over glommio's channel mesh (the runtime moves
+//! them; this module decides what they say). Each peer has one [`PeerOutbox`] on every shard:
+//! producers push without ever waiting, the runtime drains it into the bounded mesh channel.
+//! When a peer falls behind, media to it follows the slow-subscriber policy (skip to the next
+//! keyframe) while control messages always go through.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::task::{Context, Poll, Waker};
+
+use super::frame::{Frame, FrameClass};
+use super::{PublishRefused, PublisherInfo, StreamKey};
+use crate::metrics::Counter;
+
+/// The owner of `key` among `shards`. FNV-1a: stable across builds and platforms, so an
+/// operator (or an edge tier) can compute it too.
+pub fn owner_of(key: &StreamKey, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.app.bytes().chain([b'/']).chain(key.name.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % shards as u64) as usize
+}
+
+/// What one shard tells another. Everything in it is `Send`: frames carry `Bytes`.
+#[derive(Debug)]
+pub enum ShardMessage {
+    /// To the owner: a connection on the sending shard asks to publish `key`.
+    PublishRequest { key: StreamKey, publisher: PublisherInfo },
+    /// To the publisher's shard: the owner's answer, with the stream's uid when accepted.
+    PublishReply { conn_id: u64, result: Result<u64, PublishRefused> },
+    /// To the owner: one message from a publisher on the sending shard, already encoded.
+    PublisherFrame { uid: u64, conn_id: u64, frame: Frame },
+    /// To the owner: that publisher stopped.
+    Unpublish { uid: u64, conn_id: u64 },
+    /// To the owner: the sending shard has players for `key` and wants its frames.
+    Subscribe { key: StreamKey, token: u64 },
+    /// To the owner: the sending shard's last player of `key` left.
+    Unsubscribe { key: StreamKey },
+    /// To a mirror: the answer to a Subscribe: the publisher and the late-join cache.
+    Snapshot {
+        key: StreamKey,
+        token: u64,
+        uid: u64,
+        publisher: Option<PublisherInfo>,
+        frames: Vec<Frame>,
+    },
+    /// To a mirror: one live frame.
+    Frame { uid: u64, frame: Frame },
+    /// To a mirror: a publisher started.
+    Published { uid: u64, publisher: PublisherInfo },
+    /// To a mirror: the publisher left.
+    Unpublished { uid: u64 },
+}
+
+/// Messages waiting for one peer shard.
+pub struct PeerOutbox {
+    peer: usize,
+    items: RefCell<VecDeque<ShardMessage>>,
+    /// Frames among `items`: what the media limit counts.
+    frames: Cell<usize>,
+    /// Frames queued beyond which media to this peer skips to the next keyframe.
+    frame_limit: usize,
+    waker: Cell<Option<Waker>>,
+    pub sent: Counter,
+    pub dropped: Counter,
+}
+
+impl std::fmt::Debug for PeerOutbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerOutbox")
+            .field("peer", &self.peer)
+            .field("queued", &self.items.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerOutbox {
+    pub fn new(peer: usize, frame_limit: usize) -> Self {
+        Self {
+            peer,
+            items: RefCell::new(VecDeque::new()),
+            frames: Cell::new(0),
+            frame_limit,
+            waker: Cell::new(None),
+            sent: Counter::default(),
+            dropped: Counter::default(),
+        }
+    }
+
+    pub fn peer(&self) -> usize {
+        self.peer
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queues a control message: never dropped.
+    pub fn push(&self, message: ShardMessage) {
+        self.items.borrow_mut().push_back(message);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Queues a media message unless the peer is too far behind, in which case video waits for
+    /// the next keyframe that fits (`skipping` is per stream and peer); audio and headers still
+    /// go. Returns whether it was queued.
+    pub fn push_frame(&self, message: ShardMessage, frame: &Frame, skipping: &Cell<bool>) -> bool {
+        let video = !frame.survives_skip();
+        if video {
+            let backed_up = self.frames.get() >= self.frame_limit;
+            if skipping.get() {
+                if frame.class != FrameClass::Keyframe || self.frames.get() >= self.frame_limit / 2
+                {
+                    self.dropped.inc();
+                    return false;
+                }
+                skipping.set(false);
+            } else if backed_up {
+                skipping.set(true);
+                self.dropped.inc();
+                return false;
+            }
+        }
+        self.frames.set(self.frames.get() + 1);
+        self.push(message);
+        true
+    }
+
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<ShardMessage> {
+        match self.items.borrow_mut().pop_front() {
+            Some(message) => {
+                if matches!(
+                    message,
+                    ShardMessage::Frame { .. } | ShardMessage::PublisherFrame { .. }
+                ) {
+                    self.frames.set(self.frames.get() - 1);
+                }
+                self.sent.inc();
+                Poll::Ready(message)
+            }
+            None => {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The next message to hand to the mesh.
+    pub async fn next(&self) -> ShardMessage {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+}
+
+/// A connection waiting for the owner's answer to its publish.
+#[derive(Default)]
+pub struct PublishWaiter {
+    result: Cell<Option<Result<u64, PublishRefused>>>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl std::fmt::Debug for PublishWaiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PublishWaiter")
+    }
+}
+
+impl PublishWaiter {
+    pub(super) fn complete(&self, result: Result<u64, PublishRefused>) {
+        self.result.set(Some(result));
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// The owner's answer: the stream's uid, or why it refused.
+    pub async fn wait(&self) -> Result<u64, PublishRefused> {
+        poll_fn(|cx| match self.result.take() {
+            Some(result) => Poll::Ready(result),
+            None => {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ownership_is_stable_and_spreads() {
+        let key = StreamKey::new("live", "cam1");
+        assert_eq!(owner_of(&key, 1), 0);
+        assert_eq!(owner_of(&key, 4), owner_of(&key.clone(), 4));
+        let mut seen = [0usize; 4];
+        for i in 0..400 {
+            seen[owner_of(&StreamKey::new("live", format!("k{i}")), 4)] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 60), "keys spread over shards: {seen:?}");
+    }
+}

@@ -1,0 +1,131 @@
+//! One player of one stream, and the slow-subscriber policy (design invariant 6) applied to
+//! every frame queued to it.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use tracing::warn;
+
+use super::frame::{Frame, FrameClass, PLAY_STREAM_ID};
+use super::queue::{CloseReason, OutQueue};
+use super::RelaySettings;
+use crate::metrics::ShardCounters;
+
+/// One player of one stream.
+#[derive(Debug)]
+pub struct Subscriber {
+    pub conn_id: u64,
+    pub peer: SocketAddr,
+    /// The message stream id the player plays on.
+    pub stream_id: u32,
+    pub queue: Rc<OutQueue>,
+    /// Dropping video until the next keyframe (fell behind, joined without a cached GOP, or
+    /// resumed from pause).
+    pub(super) skipping: Cell<bool>,
+    paused: Cell<bool>,
+    dropped: Cell<u64>,
+}
+
+impl Subscriber {
+    pub fn new(conn_id: u64, peer: SocketAddr, stream_id: u32, queue: Rc<OutQueue>) -> Self {
+        Self {
+            conn_id,
+            peer,
+            stream_id,
+            queue,
+            skipping: Cell::new(false),
+            paused: Cell::new(false),
+            dropped: Cell::new(0),
+        }
+    }
+
+    /// Frames this subscriber skipped.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.get()
+    }
+
+    /// Pause stops video and audio; unpause resumes at the next keyframe.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.set(paused);
+        if !paused {
+            self.skipping.set(true);
+        }
+    }
+
+    pub(super) fn push_frame(&self, frame: &Rc<Frame>, now: Instant, settings: &RelaySettings) {
+        if self.stream_id == PLAY_STREAM_ID {
+            self.queue.push_frame(frame.clone(), now);
+        } else {
+            self.queue.push_bytes(frame.encoded_for(self.stream_id, &settings.encoder), now);
+        }
+    }
+
+    /// Queues one live frame, applying the slow-subscriber policy (design invariant 6).
+    pub(super) fn deliver(
+        &self,
+        frame: &Rc<Frame>,
+        now: Instant,
+        settings: &RelaySettings,
+        counters: &ShardCounters,
+    ) {
+        if self.queue.close_reason().is_some() {
+            return;
+        }
+        if self.queue.queued_bytes() > settings.hard_queue_bytes {
+            self.disconnect(CloseReason::HardLimit, counters);
+            return;
+        }
+        if self.queue.stalled_for(now) > settings.stall {
+            self.disconnect(CloseReason::Stalled, counters);
+            return;
+        }
+        let is_video = !frame.survives_skip();
+        if (is_video || frame.class == FrameClass::Audio) && self.paused.get() {
+            return;
+        }
+        if is_video {
+            let behind = self.queue.lag_ms(frame.timestamp) > settings.soft_lag_ms;
+            if self.skipping.get() {
+                if frame.class != FrameClass::Keyframe || behind {
+                    self.drop_frame(counters);
+                    return;
+                }
+                self.skipping.set(false);
+            } else if behind {
+                self.skipping.set(true);
+                counters.skip_to_keyframe.inc();
+                warn!(
+                    peer = %self.peer,
+                    conn = self.conn_id,
+                    lag_ms = self.queue.lag_ms(frame.timestamp),
+                    queued_bytes = self.queue.queued_bytes(),
+                    "slow subscriber: skipping to the next keyframe"
+                );
+                self.drop_frame(counters);
+                return;
+            }
+        }
+        counters.messages_relayed.inc();
+        counters.bytes_relayed.add(frame.len() as u64);
+        self.push_frame(frame, now, settings);
+    }
+
+    fn drop_frame(&self, counters: &ShardCounters) {
+        self.dropped.set(self.dropped.get() + 1);
+        counters.messages_dropped.inc();
+    }
+
+    fn disconnect(&self, reason: CloseReason, counters: &ShardCounters) {
+        counters.slow_subscriber_disconnects.inc();
+        warn!(
+            peer = %self.peer,
+            conn = self.conn_id,
+            queued_bytes = self.queue.queued_bytes(),
+            reason = reason.as_str(),
+            "disconnecting slow subscriber"
+        );
+        self.queue.close(reason);
+    }
+}
