@@ -520,8 +520,12 @@ impl ServerSession {
                         limit: self.transport.config.max_message_streams,
                     });
                 }
-                let id = self.next_stream_id;
-                self.next_stream_id += 1;
+                // Skip ids a player took implicitly by playing on them without createStream.
+                let mut id = self.next_stream_id;
+                while self.streams.iter().any(|s| s.id == id) {
+                    id += 1;
+                }
+                self.next_stream_id = id + 1;
                 self.streams.push(MessageStream { id, role: StreamRole::Idle });
                 self.reply(0, command::result(tid, vec![Amf0Value::Number(f64::from(id))]));
             }
@@ -567,7 +571,7 @@ impl ServerSession {
             ClientCommand::Play { name, .. } => {
                 // Some players (old Flash, some VLC builds) play on stream 0 without
                 // createStream; give them a stream so the relay has an id to send on.
-                if stream_id == 0 || self.stream_mut(stream_id).is_none() {
+                if self.stream_mut(stream_id).is_none() {
                     if self.streams.len() >= self.transport.config.max_message_streams {
                         return Err(SessionError::TooManyStreams {
                             limit: self.transport.config.max_message_streams,

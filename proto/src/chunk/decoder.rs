@@ -241,10 +241,15 @@ impl ChunkDecoder {
                     // Adobe's spec repeats the extended timestamp on type 3 chunks; some
                     // encoders (older librtmp/ffmpeg builds) do not. As SRS does, take the next
                     // four bytes as the repeat only when they equal the last extended value.
-                    let Some(ext) = input.get(header_len..header_len + 4) else {
-                        return Ok(None);
-                    };
-                    if u32::from_be_bytes([ext[0], ext[1], ext[2], ext[3]]) == s.timestamp_field {
+                    // Decide on the bytes already here: one that differs settles it, so a
+                    // short last chunk from such an encoder is not held back for more input.
+                    let expected = s.timestamp_field.to_be_bytes();
+                    let available = &input[header_len.min(input.len())..];
+                    let seen = available.len().min(4);
+                    if available[..seen] == expected[..seen] {
+                        if seen < 4 {
+                            return Ok(None);
+                        }
                         header_len += 4;
                     }
                 }
@@ -333,8 +338,9 @@ impl ChunkDecoder {
             // The common case with a large chunk size: the whole message in one chunk.
             None if parsed.piece_len == length => Some(Bytes::copy_from_slice(piece)),
             None => {
-                // Reserve only what the peer has actually sent, never the declared length.
-                let mut partial = BytesMut::with_capacity(length.min(input.len()));
+                // Reserve only this chunk's bytes, never the declared length: what a partial
+                // message holds in memory is what it received (growth is amortised doubling).
+                let mut partial = BytesMut::with_capacity(parsed.piece_len);
                 partial.extend_from_slice(piece);
                 self.partial_bytes += parsed.piece_len;
                 stream.partial = Some(partial);

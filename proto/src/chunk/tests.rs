@@ -474,7 +474,6 @@ fn extended_delta_on_type3_new_messages_repeated_or_omitted() {
 /// The first byte already differs from the extended timestamp's first byte (0x01 vs 0xaa), so
 /// the four bytes cannot be a repeat and the chunk can be taken as it is.
 #[test]
-#[ignore = "bug: omitted extended timestamp + final type 3 chunk < 4 bytes stalls until more input"]
 fn omitted_extended_timestamp_short_last_chunk_is_not_held_back() {
     let timestamp = 0x0100_0000;
     let payload = [0xaa, 0xbb, 0xcc];
