@@ -22,4 +22,4 @@ pub mod stream;
 pub mod telemetry;
 
 pub use config::Config;
-pub use runtime::{start, ServerHandle, StartError};
+pub use runtime::{start, ServerHandle, ShardSnapshot, StartError};

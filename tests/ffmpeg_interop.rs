@@ -1,5 +1,5 @@
 //! Interop with real ffmpeg: ffmpeg publishes a generated H.264 + AAC stream, ffmpeg players
-//! (one from the start, one joining late) decode it with no decoder errors.
+//! (one from the start, one joining late) decode it with no decoder errors, across shards.
 //!
 //! These need `ffmpeg` on PATH. `.ci/run` installs it; under CI a missing ffmpeg fails the
 //! test instead of skipping it.
@@ -102,13 +102,22 @@ fn ffmpeg_publishes_and_ffmpeg_players_decode_including_a_late_joiner() {
     if !ffmpeg_available() {
         return;
     }
-    let server = start_server(|_| {});
-    let url = format!("rtmp://{}/live/interop", server.local_addr());
-    let publisher = publish(&url, 8);
+    // Two shards, placed so that every cross-shard path is taken: ffmpeg publishes through the
+    // shard that does not own the key, the early player is on the owner, the late one on the
+    // publisher's shard (a mirror).
+    let server = start_server(|c| {
+        c.shards = Some(2);
+        c.debug_shard_listeners = true;
+    });
+    let owner = server.owner_of("live", "interop");
+    let url_on = |shard: usize| {
+        format!("rtmp://{}/live/interop", server.shard_addr(shard).expect("shard listener"))
+    };
+    let publisher = publish(&url_on(1 - owner), 8);
     eventually("ffmpeg is publishing", || server.counters().publishes == 1);
-    let early = play(&url);
+    let early = play(&url_on(owner));
     std::thread::sleep(Duration::from_secs(3));
-    let late = play(&url);
+    let late = play(&url_on(1 - owner));
 
     let published = publisher.wait(Duration::from_secs(60));
     assert!(

@@ -203,6 +203,51 @@ impl PublishWaiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use rtmp_proto::chunk::ChunkEncoder;
+    use rtmp_proto::session::MediaKind;
+    use rtmp_proto::time::RtmpTimestamp;
+
+    fn frame(kind: MediaKind, payload: &'static [u8]) -> Frame {
+        Frame::new(
+            kind,
+            RtmpTimestamp(0),
+            Bytes::from_static(payload),
+            false,
+            &ChunkEncoder::new(4096),
+        )
+    }
+
+    #[test]
+    fn a_backed_up_peer_skips_video_to_the_next_keyframe_but_keeps_control_and_audio() {
+        let outbox = PeerOutbox::new(1, 4);
+        let skipping = Cell::new(false);
+        let key = frame(MediaKind::Video, &[0x17, 1, 0, 0, 0, 1]);
+        let inter = frame(MediaKind::Video, &[0x27, 1, 0, 0, 0, 1]);
+        let audio = frame(MediaKind::Audio, &[0xaf, 1, 0x21]);
+        let push = |f: &Frame| {
+            outbox.push_frame(ShardMessage::Frame { uid: 1, frame: f.clone() }, f, &skipping)
+        };
+        assert!(push(&key));
+        for _ in 0..3 {
+            assert!(push(&inter));
+        }
+        assert!(!push(&inter), "over the limit: video is dropped");
+        assert!(skipping.get());
+        assert!(push(&audio), "audio still goes");
+        outbox.push(ShardMessage::Unpublished { uid: 1 });
+        assert_eq!(outbox.len(), 6, "control is never dropped");
+        assert!(!push(&key), "still backed up: even a keyframe waits");
+        // The mesh drains the outbox.
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        while let Poll::Ready(_) = outbox.poll_next(&mut cx) {}
+        assert!(!push(&inter), "after draining, inter frames wait for a keyframe");
+        assert!(push(&key), "a keyframe resumes");
+        assert!(!skipping.get());
+        assert!(push(&inter));
+        assert_eq!(outbox.dropped.get(), 3);
+    }
 
     #[test]
     fn ownership_is_stable_and_spreads() {
