@@ -241,7 +241,7 @@ mod tests {
         // The mesh drains the outbox.
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
-        while let Poll::Ready(_) = outbox.poll_next(&mut cx) {}
+        while outbox.poll_next(&mut cx).is_ready() {}
         assert!(!push(&inter), "after draining, inter frames wait for a keyframe");
         assert!(push(&key), "a keyframe resumes");
         assert!(!skipping.get());
