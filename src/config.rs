@@ -41,6 +41,15 @@ pub struct Config {
     #[arg(long, hide = true)]
     pub debug_shard_listeners: bool,
 
+    /// Address of the HTTP control plane: /metrics (Prometheus), /api/streams (JSON), /healthz.
+    /// Keep it on localhost or behind a firewall: it lists peers and stream keys.
+    #[arg(long, env = "RTMP_RELAY_HTTP", default_value = "127.0.0.1:8935")]
+    pub http: SocketAddr,
+
+    /// Do not start the HTTP control plane.
+    #[arg(long)]
+    pub no_http: bool,
+
     /// Log filter (tracing-subscriber EnvFilter syntax: `info`, `rtmp_relay=debug`, ...).
     #[arg(long, env = "RTMP_RELAY_LOG", default_value = "info")]
     pub log_level: String,

@@ -27,7 +27,8 @@ use glommio::net::TcpStream;
 use rtmp_proto::command::code;
 use rtmp_proto::handshake::RANDOM_LEN;
 use rtmp_proto::session::{ServerEvent, ServerSession, SessionConfig, SessionError};
-use tracing::{debug, info, warn};
+use tracing::field::Empty;
+use tracing::{debug, info, info_span, warn, Instrument, Span};
 
 pub use socket::Socket;
 
@@ -128,16 +129,23 @@ enum Ended {
 }
 
 /// Serves one accepted connection until it ends. Never panics on peer input; every error ends
-/// this connection only.
+/// this connection only. Everything it logs is inside a `conn` span carrying the shard, the
+/// connection id, the peer and, once known, the app and stream key.
 pub async fn serve(ctx: Rc<ConnContext>, stream: TcpStream) {
     let conn_id = ctx.next_conn_id();
     let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let span =
+        info_span!("conn", shard = ctx.shard_id, id = conn_id, %peer, app = Empty, key = Empty);
+    serve_connection(ctx, stream, conn_id, peer).instrument(span).await;
+}
+
+async fn serve_connection(ctx: Rc<ConnContext>, stream: TcpStream, conn_id: u64, peer: SocketAddr) {
     if let Err(e) = stream.set_nodelay(true) {
         debug!(%peer, error = %e, "could not set TCP_NODELAY");
     }
     ctx.counters.connections_accepted.inc();
     ctx.counters.connections_open.inc();
-    info!(shard = ctx.shard_id, conn = conn_id, %peer, "connection opened");
+    info!("connection opened");
 
     let socket = Rc::new(Socket::new(stream));
     let queue = Rc::new(OutQueue::new(Instant::now()));
@@ -170,23 +178,23 @@ pub async fn serve(ctx: Rc<ConnContext>, stream: TcpStream) {
     conn.cleanup();
 
     match &ended {
-        Ended::PeerClosed => info!(conn = conn_id, %peer, "connection closed by peer"),
+        Ended::PeerClosed => info!("connection closed by peer"),
         Ended::Io(e) => {
-            info!(conn = conn_id, %peer, error = %e, "connection closed on socket error")
+            info!(error = %e, "connection closed on socket error")
         }
         Ended::HandshakeTimeout => {
             ctx.counters.handshake_timeouts.inc();
-            warn!(conn = conn_id, %peer, "closing connection: no connect within the handshake timeout");
+            warn!("closing connection: no connect within the handshake timeout");
         }
         Ended::Protocol(e) => {
             if matches!(e, SessionError::Handshake(_)) {
                 ctx.counters.handshake_failures.inc();
             }
-            ctx.counters.protocol_errors.inc();
-            warn!(conn = conn_id, %peer, kind = e.kind(), reason = %e, "closing connection: protocol violation");
+            ctx.counters.protocol_error(e.kind());
+            warn!(kind = e.kind(), reason = %e, "closing connection: protocol violation");
         }
         Ended::Server(reason) => {
-            info!(conn = conn_id, %peer, reason = reason.as_str(), "connection closed by server")
+            info!(reason = reason.as_str(), "connection closed by server")
         }
         Ended::PublishRefused => {}
     }
@@ -327,10 +335,12 @@ impl Connection {
     fn on_event(&mut self, event: ServerEvent, now: Instant) -> Result<(), Ended> {
         match event {
             ServerEvent::Connected(params) => {
-                debug!(conn = self.conn_id, peer = %self.peer, app = %params.app,
+                Span::current().record("app", params.app.as_str());
+                debug!(app = %params.app,
                     flash_ver = params.flash_ver.as_deref().unwrap_or(""), "connected");
             }
             ServerEvent::PublishRequested { stream_id, name, .. } => {
+                Span::current().record("key", name.key.as_str());
                 let key = self.key(&name.key);
                 let publisher = PublisherInfo { conn_id: self.conn_id, peer: self.peer };
                 if !self.ctx.registry.owns(&key) {
@@ -343,6 +353,7 @@ impl Connection {
                 self.answer_publish(stream_id, key, target)?;
             }
             ServerEvent::PlayRequested { stream_id, name } => {
+                Span::current().record("key", name.key.as_str());
                 let key = self.key(&name.key);
                 self.session.accept_play(stream_id, &name.key);
                 // The play replies must be queued before the cached frames.
@@ -354,7 +365,7 @@ impl Connection {
                     self.queue.clone(),
                 ));
                 let stream = self.ctx.registry.play(key.clone(), subscriber, now);
-                info!(conn = self.conn_id, peer = %self.peer, stream = %key,
+                info!(stream = %key,
                     live = stream.publisher().is_some(), "play started");
                 self.playing.push((stream_id, stream));
             }
@@ -395,7 +406,7 @@ impl Connection {
         }
         if let Some(i) = self.playing.iter().position(|(id, _)| *id == stream_id) {
             let (_, stream) = self.playing.swap_remove(i);
-            info!(conn = self.conn_id, peer = %self.peer, stream = %stream.key, "play stopped");
+            info!(stream = %stream.key, "play stopped");
             self.ctx.registry.leave(&stream, self.conn_id, stream_id);
         }
     }
@@ -410,7 +421,7 @@ impl Connection {
             .await;
         let Some(result) = answer else {
             self.ctx.registry.forget_publish_request(self.conn_id);
-            warn!(conn = self.conn_id, peer = %self.peer, stream = %pending.key,
+            warn!(stream = %pending.key,
                 "owner shard did not answer a publish in time");
             return Err(Ended::Server(CloseReason::AfterFlush));
         };
@@ -437,14 +448,14 @@ impl Connection {
         match target {
             Ok(target) => {
                 self.session.accept_publish(stream_id, &key.name);
-                info!(conn = self.conn_id, peer = %self.peer, stream = %key,
+                info!(stream = %key,
                     owner = self.ctx.registry.owner_of(&key), "publish started");
                 self.publishing.push((stream_id, target));
                 Ok(())
             }
             Err(refused) => {
                 self.ctx.counters.publishes_rejected.inc();
-                warn!(conn = self.conn_id, peer = %self.peer, stream = %key,
+                warn!(stream = %key,
                     reason = %refused, "publish refused");
                 self.session.reject_publish(
                     stream_id,
@@ -459,11 +470,11 @@ impl Connection {
     fn stop_publishing(&self, publishing: Publishing, why: &str, now: Instant) {
         match publishing {
             Publishing::Local(stream) => {
-                info!(conn = self.conn_id, peer = %self.peer, stream = %stream.key, "{why}");
+                info!(stream = %stream.key, "{why}");
                 self.ctx.registry.unpublish(&stream, self.conn_id, now);
             }
             Publishing::Remote { owner, uid, key, .. } => {
-                info!(conn = self.conn_id, peer = %self.peer, stream = %key, "{why}");
+                info!(stream = %key, "{why}");
                 self.ctx.registry.unpublish_remote(owner, uid, self.conn_id);
             }
         }
@@ -480,7 +491,7 @@ impl Connection {
             self.stop_publishing(publishing, "publisher disconnected", now);
         }
         for (stream_id, stream) in std::mem::take(&mut self.playing) {
-            debug!(conn = self.conn_id, peer = %self.peer, stream = %stream.key, "player disconnected");
+            debug!(stream = %stream.key, "player disconnected");
             self.ctx.registry.leave(&stream, self.conn_id, stream_id);
         }
     }

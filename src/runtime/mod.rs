@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::conn::{self, ConnContext};
-use crate::metrics::{CountersSnapshot, ShardCounters};
+use crate::metrics::{CountersSnapshot, HttpServer, ShardCounters, ShardStats};
 use crate::stream::{CacheLimits, PeerOutbox, Registry, RelaySettings, ShardMessage, StreamKey};
 
 /// How often a shard looks at control requests and expires waiting players.
@@ -41,6 +41,25 @@ pub enum StartError {
     Executor { shard: usize, reason: String },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Http(String),
+}
+
+/// Asks every shard for its stats; `None` if one does not answer within a second.
+fn gather_stats(controls: &[mpsc::Sender<Control>]) -> Option<Vec<ShardStats>> {
+    let replies: Vec<_> = controls
+        .iter()
+        .map(|control| {
+            let (tx, rx) = mpsc::channel();
+            control.send(Control::Stats(tx)).ok().map(|_| rx)
+        })
+        .collect();
+    let mut stats = Vec::with_capacity(replies.len());
+    for reply in replies {
+        stats.push(reply?.recv_timeout(Duration::from_secs(1)).ok()?);
+    }
+    stats.sort_by_key(|s| s.shard);
+    Some(stats)
 }
 
 /// One shard's counters and mesh traffic.
@@ -54,6 +73,7 @@ pub struct ShardSnapshot {
 
 enum Control {
     Snapshot(mpsc::Sender<ShardSnapshot>),
+    Stats(mpsc::Sender<ShardStats>),
     Shutdown,
 }
 
@@ -63,6 +83,7 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     shard_addrs: Vec<Option<SocketAddr>>,
     shards: Vec<ShardHandle>,
+    http: Option<HttpServer>,
 }
 
 #[derive(Debug)]
@@ -75,6 +96,7 @@ impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Control::Snapshot(_) => "Snapshot",
+            Control::Stats(_) => "Stats",
             Control::Shutdown => "Shutdown",
         })
     }
@@ -88,6 +110,11 @@ impl ServerHandle {
 
     pub fn shard_count(&self) -> usize {
         self.shards.len()
+    }
+
+    /// Where the HTTP control plane listens, when it runs.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(HttpServer::local_addr)
     }
 
     /// With `debug_shard_listeners`, the address that reaches shard `shard` and no other.
@@ -129,6 +156,7 @@ impl ServerHandle {
     }
 
     fn stop(&mut self) {
+        self.http = None;
         for shard in &self.shards {
             let _ = shard.control.send(Control::Shutdown);
         }
@@ -209,7 +237,8 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         shards.push(ShardHandle { control: control_tx, thread: Some(thread) });
         ready.push(ready_rx);
     }
-    let mut handle = ServerHandle { local_addr, shard_addrs: vec![None; shard_count], shards };
+    let mut handle =
+        ServerHandle { local_addr, shard_addrs: vec![None; shard_count], shards, http: None };
     for (thread_index, ready_rx) in ready.into_iter().enumerate() {
         match ready_rx.recv() {
             Ok(Ok((shard_id, test_addr))) => handle.shard_addrs[shard_id] = test_addr,
@@ -221,6 +250,14 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
                 })
             }
         }
+    }
+    if !config.no_http {
+        let controls: Vec<mpsc::Sender<Control>> =
+            handle.shards.iter().map(|s| s.control.clone()).collect();
+        let gather = std::sync::Arc::new(move || gather_stats(&controls));
+        let http = crate::metrics::serve_http(config.http, gather)
+            .map_err(|e| StartError::Http(e.to_string()))?;
+        handle.http = Some(http);
     }
     info!(addr = %local_addr, shards = shard_count, io_memory, "rtmp-relay listening");
     Ok(handle)
@@ -277,16 +314,22 @@ fn run_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready: Ready) 
     executor.run(serve_shard(setup, control, ready));
 }
 
-/// Returns when told to shut down (or when the controller is gone).
+/// Answers control requests until told to shut down (or until the controller is gone).
 async fn wait_for_shutdown(
     control: &mpsc::Receiver<Control>,
     on_snapshot: impl Fn() -> ShardSnapshot,
+    on_stats: impl Fn() -> Option<ShardStats>,
 ) {
     loop {
         loop {
             match control.try_recv() {
                 Ok(Control::Snapshot(reply)) => {
                     let _ = reply.send(on_snapshot());
+                }
+                Ok(Control::Stats(reply)) => {
+                    if let Some(stats) = on_stats() {
+                        let _ = reply.send(stats);
+                    }
                 }
                 Ok(Control::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return,
                 Err(mpsc::TryRecvError::Empty) => break,
@@ -324,12 +367,12 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
     if shard_count > 1 {
         let joined = async { Some(mesh.join().await) }
             .or(async {
-                wait_for_shutdown(&control, || ShardSnapshot {
+                let starting = || ShardSnapshot {
                     shard: thread_index,
                     counters: CountersSnapshot::default(),
                     mesh: Vec::new(),
-                })
-                .await;
+                };
+                wait_for_shutdown(&control, starting, || None).await;
                 None
             })
             .await;
@@ -411,13 +454,20 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
     let housekeeping = {
         let ctx = ctx.clone();
         async move {
-            let expire = async {
+            let periodic = async {
+                let mut last_tick = Instant::now();
                 loop {
                     glommio::timer::sleep(HOUSEKEEPING_INTERVAL).await;
-                    ctx.registry.expire_waiting(Instant::now());
+                    let now = Instant::now();
+                    ctx.registry.expire_waiting(now);
+                    if now.duration_since(last_tick) >= Duration::from_secs(1) {
+                        ctx.registry.tick(now);
+                        last_tick = now;
+                    }
                 }
             };
-            expire.or(wait_for_shutdown(&control, &snapshot)).await;
+            let stats = || Some(ctx.registry.shard_stats(Instant::now()));
+            periodic.or(wait_for_shutdown(&control, &snapshot, stats)).await;
         }
     };
     accept_loop(listener).or(housekeeping).await;

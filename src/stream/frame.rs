@@ -1,6 +1,8 @@
 //! A media message as the relay carries it: classified once on arrival, chunk-encoded once, and
 //! shared by reference by the late-join cache and every subscriber queue.
 
+use std::time::Instant;
+
 use bytes::{Bytes, BytesMut};
 use rtmp_proto::chunk::{ChunkEncoder, MessageHeader};
 use rtmp_proto::media;
@@ -39,6 +41,9 @@ pub struct Frame {
     pub payload: Bytes,
     /// The message as ready-to-send chunks for [`PLAY_STREAM_ID`].
     pub chunks: Bytes,
+    /// When the relay received it from the publisher: players' wait times are measured from
+    /// here (the monotonic clock is the same on every core, so this crosses shards intact).
+    pub arrived: Instant,
 }
 
 impl Frame {
@@ -52,7 +57,7 @@ impl Frame {
     ) -> Self {
         let class = classify(kind, &payload, is_metadata);
         let chunks = encode(kind, timestamp, &payload, PLAY_STREAM_ID, encoder);
-        Frame { kind, class, timestamp, payload, chunks }
+        Frame { kind, class, timestamp, payload, chunks, arrived: Instant::now() }
     }
 
     /// The same message re-stamped (late joiners get cached headers on the GOP's time base).
@@ -64,6 +69,7 @@ impl Frame {
             timestamp,
             payload: self.payload.clone(),
             chunks,
+            arrived: self.arrived,
         }
     }
 

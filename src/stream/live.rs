@@ -19,9 +19,11 @@ use tracing::{info, warn};
 
 use super::cache::{CacheLimits, LateJoinCache};
 use super::frame::{Frame, FrameClass, PLAY_STREAM_ID};
+use super::queue::WaitStats;
 use super::shard::{PeerOutbox, ShardMessage};
 use super::subscriber::Subscriber;
 use super::{PublishRefused, PublisherInfo, RelaySettings, StreamKey};
+use crate::metrics::stats::{AudioStats, PublisherStats, StreamStats, SubscriberStats, VideoStats};
 use crate::metrics::ShardCounters;
 
 /// What a stream knows about its codecs, from the sequence headers.
@@ -31,6 +33,9 @@ pub struct CodecInfo {
     pub audio: Option<AudioConfig>,
     /// Whether the codec line was logged for the current publisher.
     logged: bool,
+    /// Whether an unreadable sequence header was logged for the current publisher: once is
+    /// enough, a hostile publisher must not flood the log.
+    warned: bool,
 }
 
 /// A shard that mirrors this (owned) stream.
@@ -55,6 +60,20 @@ struct StreamState {
     last_timestamp: RtmpTimestamp,
     messages_in: u64,
     bytes_in: u64,
+    video_frames: u64,
+    /// When the current publisher started.
+    published_at: Option<Instant>,
+    rates: Rates,
+}
+
+/// Ingress bitrate and frame rate, measured over the last tick (about a second).
+#[derive(Debug, Default)]
+struct Rates {
+    at: Option<Instant>,
+    bytes_in: u64,
+    video_frames: u64,
+    bitrate_bps: u64,
+    frame_rate: f64,
 }
 
 /// One live stream on one shard.
@@ -67,6 +86,8 @@ pub struct Stream {
     /// True on a shard that does not own the key.
     mirror: bool,
     state: RefCell<StreamState>,
+    /// Wait and time-to-first-frame of this shard's players of the stream.
+    wait: Rc<WaitStats>,
 }
 
 impl Stream {
@@ -91,7 +112,11 @@ impl Stream {
                 last_timestamp: RtmpTimestamp::ZERO,
                 messages_in: 0,
                 bytes_in: 0,
+                video_frames: 0,
+                published_at: None,
+                rates: Rates::default(),
             }),
+            wait: Rc::new(WaitStats::default()),
         }
     }
 
@@ -200,8 +225,15 @@ impl Stream {
         if frame.kind != MediaKind::Data {
             state.last_timestamp = frame.timestamp;
         }
+        if frame.kind == MediaKind::Video && frame.class != FrameClass::SequenceHeader {
+            state.video_frames += 1;
+        }
         self.detect_codec(&mut state.codecs, &frame);
+        let overflows = state.cache.overflows();
         state.cache.on_frame(&frame);
+        if state.cache.overflows() != overflows {
+            counters.gop_cache_overflows.inc();
+        }
         for subscriber in &state.subscribers {
             subscriber.deliver(&frame, now, settings, counters);
         }
@@ -225,7 +257,9 @@ impl Stream {
                 match media::parse_video_config(&frame.payload) {
                     Ok(config) => replace_if_changed(&mut codecs.video, config),
                     Err(e) => {
-                        warn!(stream = %self.key, error = %e, "unreadable video sequence header");
+                        if !std::mem::replace(&mut codecs.warned, true) {
+                            warn!(stream = %self.key, error = %e, "unreadable video sequence header");
+                        }
                         false
                     }
                 }
@@ -234,7 +268,9 @@ impl Stream {
                 match media::parse_audio_config(&frame.payload) {
                     Ok(config) => replace_if_changed(&mut codecs.audio, config),
                     Err(e) => {
-                        warn!(stream = %self.key, error = %e, "unreadable audio sequence header");
+                        if !std::mem::replace(&mut codecs.warned, true) {
+                            warn!(stream = %self.key, error = %e, "unreadable audio sequence header");
+                        }
                         false
                     }
                 }
@@ -281,6 +317,7 @@ impl Stream {
         }
         state.publisher = Some(publisher.clone());
         state.idle_since = None;
+        state.published_at = Some(now);
         state.cache.clear();
         state.codecs = CodecInfo::default();
         for subscriber in &state.subscribers {
@@ -329,12 +366,13 @@ impl Stream {
         now: Instant,
         settings: &RelaySettings,
     ) {
+        subscriber.queue.attach_stats(self.wait.clone(), now);
         let mut state = self.state.borrow_mut();
         if state.publisher.is_some() {
             let replay = state.cache.replay(state.last_timestamp, &settings.encoder);
             let has_keyframe = replay.iter().any(|f| f.class == FrameClass::Keyframe);
             for frame in &replay {
-                subscriber.push_frame(frame, now, settings);
+                subscriber.push_replay(frame, now, settings);
             }
             // Without a cached GOP, inter frames before the next keyframe are undecodable.
             subscriber.skipping.set(!has_keyframe);
@@ -402,6 +440,7 @@ impl Stream {
             return;
         }
         state.idle_since = None;
+        state.published_at = Some(now);
         let frames: Vec<Rc<Frame>> = frames.into_iter().map(Rc::new).collect();
         for frame in &frames {
             if frame.kind != MediaKind::Data {
@@ -414,9 +453,84 @@ impl Stream {
         let has_keyframe = frames.iter().any(|f| f.class == FrameClass::Keyframe);
         for subscriber in &state.subscribers {
             for frame in &frames {
-                subscriber.push_frame(frame, now, settings);
+                subscriber.push_replay(frame, now, settings);
             }
             subscriber.skipping.set(!has_keyframe);
+        }
+    }
+}
+
+impl Stream {
+    /// Updates the ingress bitrate and frame rate; called about once a second.
+    pub(super) fn tick(&self, now: Instant) {
+        let mut state = self.state.borrow_mut();
+        let (bytes_in, video_frames) = (state.bytes_in, state.video_frames);
+        let rates = &mut state.rates;
+        if let Some(at) = rates.at {
+            let seconds = now.saturating_duration_since(at).as_secs_f64();
+            if seconds > 0.0 {
+                rates.bitrate_bps = ((bytes_in - rates.bytes_in) as f64 * 8.0 / seconds) as u64;
+                rates.frame_rate = (video_frames - rates.video_frames) as f64 / seconds;
+            }
+        }
+        rates.at = Some(now);
+        rates.bytes_in = bytes_in;
+        rates.video_frames = video_frames;
+    }
+
+    /// This shard's view of the stream, for the stats API and /metrics.
+    pub fn stats(&self, shard: usize, now: Instant) -> StreamStats {
+        let state = self.state.borrow();
+        let publisher = state.publisher.as_ref().map(|p| PublisherStats {
+            peer: p.peer.to_string(),
+            conn_id: p.conn_id,
+            uptime_secs: state
+                .published_at
+                .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64()),
+            bitrate_bps: state.rates.bitrate_bps,
+        });
+        let video = state.codecs.video.as_ref().map(|v| VideoStats {
+            codec: v.codec.to_string(),
+            profile: v.profile.clone(),
+            level: v.level.clone(),
+            width: v.width,
+            height: v.height,
+            frame_rate: state.rates.frame_rate,
+        });
+        let audio = state.codecs.audio.as_ref().map(|a| AudioStats {
+            codec: a.codec.to_string(),
+            profile: a.profile.clone(),
+            sample_rate: a.sample_rate,
+            channels: a.channels,
+        });
+        let subscribers: Vec<SubscriberStats> = state
+            .subscribers
+            .iter()
+            .map(|s| SubscriberStats {
+                peer: s.peer.to_string(),
+                conn_id: s.conn_id,
+                shard,
+                bytes: s.queue.bytes_written(),
+                dropped: s.dropped(),
+                queue_bytes: s.queue.queued_bytes(),
+                lag_ms: s.queue.lag_ms(state.last_timestamp),
+            })
+            .collect();
+        StreamStats {
+            app: self.key.app.clone(),
+            name: self.key.name.clone(),
+            shard,
+            mirror: self.mirror,
+            publisher,
+            video,
+            audio,
+            bytes_in: state.bytes_in,
+            messages_in: state.messages_in,
+            gop_cache_bytes: state.cache.gop_bytes(),
+            dropped: subscribers.iter().map(|s| s.dropped).sum(),
+            subscribers,
+            wait: self.wait.wait.borrow().clone(),
+            time_to_first_frame: self.wait.time_to_first_frame.borrow().clone(),
         }
     }
 }

@@ -15,9 +15,31 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
+use hdrhistogram::Histogram;
 use rtmp_proto::time::RtmpTimestamp;
 
 use super::frame::Frame;
+use crate::metrics::stats::{new_latency_histogram, record_duration};
+
+/// How long one stream's frames wait for its players' sockets, on one shard: the per-viewer lag
+/// no other server exports. Shared by the stream and its players' queues; recorded by the
+/// writers as frames leave, read when someone scrapes.
+#[derive(Debug)]
+pub struct WaitStats {
+    /// Live frames: from arrival from the publisher to the last byte handed to the socket (µs).
+    pub wait: RefCell<Histogram<u64>>,
+    /// From play to the first frame handed to the socket (µs).
+    pub time_to_first_frame: RefCell<Histogram<u64>>,
+}
+
+impl Default for WaitStats {
+    fn default() -> Self {
+        Self {
+            wait: RefCell::new(new_latency_histogram()),
+            time_to_first_frame: RefCell::new(new_latency_histogram()),
+        }
+    }
+}
 
 /// Why a queue stopped accepting data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,14 +68,17 @@ impl CloseReason {
 
 #[derive(Debug)]
 enum Item {
+    /// A live frame: its wait is measured.
     Frame(Rc<Frame>),
+    /// A frame replayed from the late-join cache: it counts for time to first frame only.
+    Replay(Rc<Frame>),
     Bytes(Bytes),
 }
 
 impl Item {
     fn bytes(&self) -> &[u8] {
         match self {
-            Item::Frame(frame) => &frame.chunks,
+            Item::Frame(frame) | Item::Replay(frame) => &frame.chunks,
             Item::Bytes(bytes) => bytes,
         }
     }
@@ -69,6 +94,9 @@ pub struct OutQueue {
     /// When the writer last made progress, or when the queue last went from empty to non-empty.
     last_progress: Cell<Instant>,
     bytes_written: Cell<u64>,
+    stats: RefCell<Option<Rc<WaitStats>>>,
+    /// When the player asked to play, until its first frame is written.
+    play_started: Cell<Option<Instant>>,
 }
 
 impl std::fmt::Debug for OutQueue {
@@ -90,6 +118,8 @@ impl OutQueue {
             closed: Cell::new(None),
             last_progress: Cell::new(now),
             bytes_written: Cell::new(0),
+            stats: RefCell::new(None),
+            play_started: Cell::new(None),
         }
     }
 
@@ -114,7 +144,9 @@ impl OutQueue {
     /// this connection is. Zero when the front of the queue is not media.
     pub fn lag_ms(&self, timestamp: RtmpTimestamp) -> u32 {
         match self.items.borrow().front() {
-            Some(Item::Frame(front)) => timestamp.signed_since(front.timestamp).max(0) as u32,
+            Some(Item::Frame(front) | Item::Replay(front)) => {
+                timestamp.signed_since(front.timestamp).max(0) as u32
+            }
             _ => 0,
         }
     }
@@ -128,9 +160,22 @@ impl OutQueue {
         }
     }
 
+    /// Measures this queue's frames into `stats` from now on, and its time to first frame
+    /// from `play_started`.
+    pub fn attach_stats(&self, stats: Rc<WaitStats>, play_started: Instant) {
+        *self.stats.borrow_mut() = Some(stats);
+        self.play_started.set(Some(play_started));
+    }
+
     pub fn push_frame(&self, frame: Rc<Frame>, now: Instant) {
         let len = frame.chunks.len();
         self.push(Item::Frame(frame), len, now);
+    }
+
+    /// Queues a frame from the late-join cache.
+    pub fn push_replay(&self, frame: Rc<Frame>, now: Instant) {
+        let len = frame.chunks.len();
+        self.push(Item::Replay(frame), len, now);
     }
 
     pub fn push_bytes(&self, bytes: Bytes, now: Instant) {
@@ -220,12 +265,34 @@ impl OutQueue {
             let left = front.bytes().len() - self.front_offset.get();
             if written >= left {
                 written -= left;
-                items.pop_front();
+                if let Some(item) = items.pop_front() {
+                    self.measure(&item, now);
+                }
                 self.front_offset.set(0);
             } else {
                 self.front_offset.set(self.front_offset.get() + written);
                 written = 0;
             }
+        }
+    }
+}
+
+impl OutQueue {
+    fn measure(&self, item: &Item, now: Instant) {
+        let frame = match item {
+            Item::Frame(frame) | Item::Replay(frame) => frame,
+            Item::Bytes(_) => return,
+        };
+        let stats = self.stats.borrow();
+        let Some(stats) = stats.as_ref() else { return };
+        if let Some(started) = self.play_started.take() {
+            record_duration(&mut stats.time_to_first_frame.borrow_mut(), now - started);
+        }
+        if let Item::Frame(_) = item {
+            record_duration(
+                &mut stats.wait.borrow_mut(),
+                now.saturating_duration_since(frame.arrived),
+            );
         }
     }
 }

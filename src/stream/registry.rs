@@ -18,7 +18,7 @@ use super::live::{notify_all, Stream};
 use super::shard::{owner_of, PeerOutbox, PublishWaiter, ShardMessage};
 use super::subscriber::Subscriber;
 use super::{CloseReason, PublishRefused, PublisherInfo, RelaySettings, StreamKey};
-use crate::metrics::{Counter, ShardCounters};
+use crate::metrics::{Counter, ShardCounters, ShardStats};
 
 /// The streams of one shard.
 #[derive(Debug)]
@@ -299,6 +299,24 @@ impl Registry {
                 self.counters.subscribers.dec();
             }
             self.remove_if_unused(&stream);
+        }
+    }
+
+    /// Periodic work: rates every second.
+    pub fn tick(&self, now: Instant) {
+        for stream in self.streams.borrow().values() {
+            stream.tick(now);
+        }
+    }
+
+    /// Everything this shard reports when someone scrapes.
+    pub fn shard_stats(&self, now: Instant) -> ShardStats {
+        ShardStats {
+            shard: self.shard_id,
+            counters: self.counters.snapshot(),
+            protocol_errors: self.counters.protocol_errors_by_kind(),
+            mesh: self.mesh_counts(),
+            streams: self.streams.borrow().values().map(|s| s.stats(self.shard_id, now)).collect(),
         }
     }
 

@@ -58,6 +58,17 @@ impl Subscriber {
         if self.stream_id == PLAY_STREAM_ID {
             self.queue.push_frame(frame.clone(), now);
         } else {
+            // A player on an unusual message stream id gets its own encoding; its frames are
+            // not measured for wait time.
+            self.queue.push_bytes(frame.encoded_for(self.stream_id, &settings.encoder), now);
+        }
+    }
+
+    /// Queues a frame from the late-join cache (counted for time to first frame only).
+    pub(super) fn push_replay(&self, frame: &Rc<Frame>, now: Instant, settings: &RelaySettings) {
+        if self.stream_id == PLAY_STREAM_ID {
+            self.queue.push_replay(frame.clone(), now);
+        } else {
             self.queue.push_bytes(frame.encoded_for(self.stream_id, &settings.encoder), now);
         }
     }

@@ -30,6 +30,7 @@ pub fn start_server(configure: impl FnOnce(&mut Config)) -> ServerHandle {
     let mut config = Config {
         listen: "127.0.0.1:0".parse().expect("loopback address"),
         log_level: std::env::var("RTMP_RELAY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        http: "127.0.0.1:0".parse().expect("loopback address"),
         ..Config::default()
     };
     configure(&mut config);

@@ -1,8 +1,18 @@
-//! Per-shard counters. Each shard owns its own and bumps plain `Cell`s on the hot path: no
-//! atomics, no locks, no cross-core traffic. Readers (tests, logs, the stats API) read them on the
-//! shard or take a snapshot.
+//! Per-shard counters, the stats shards report, and the HTTP control plane that exports them.
+//!
+//! Each shard owns its counters and bumps plain `Cell`s on the hot path: no atomics, no locks, no
+//! cross-core traffic. When someone scrapes, the control plane (its own thread) asks every shard
+//! for a [`ShardStats`] snapshot and merges them there.
 
-use std::cell::Cell;
+mod http;
+mod prometheus;
+pub mod stats;
+
+use std::cell::{Cell, RefCell};
+
+pub use http::{serve as serve_http, HttpError, HttpServer};
+pub use prometheus::render as render_prometheus;
+pub use stats::{ShardStats, StreamStats, SubscriberStats};
 
 /// A monotonically increasing shard-local counter.
 #[derive(Debug, Default)]
@@ -71,6 +81,26 @@ pub struct ShardCounters {
     pub slow_subscriber_disconnects: Counter,
     /// Players stopped because the wait for a republish ran out.
     pub republish_wait_expired: Counter,
+    /// GOP caches dropped for outgrowing their limits.
+    pub gop_cache_overflows: Counter,
+    /// Protocol errors by kind.
+    protocol_errors_by_kind: RefCell<Vec<(&'static str, u64)>>,
+}
+
+impl ShardCounters {
+    /// Counts one protocol error of `kind` (also in `protocol_errors`).
+    pub fn protocol_error(&self, kind: &'static str) {
+        self.protocol_errors.inc();
+        let mut kinds = self.protocol_errors_by_kind.borrow_mut();
+        match kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((kind, 1)),
+        }
+    }
+
+    pub fn protocol_errors_by_kind(&self) -> Vec<(&'static str, u64)> {
+        self.protocol_errors_by_kind.borrow().clone()
+    }
 }
 
 /// A plain copy of the counters, for tests and reports.
@@ -95,6 +125,9 @@ pub struct CountersSnapshot {
     pub skip_to_keyframe: u64,
     pub slow_subscriber_disconnects: u64,
     pub republish_wait_expired: u64,
+    pub accept_errors: u64,
+    pub handshake_timeouts: u64,
+    pub gop_cache_overflows: u64,
 }
 
 impl ShardCounters {
@@ -119,6 +152,9 @@ impl ShardCounters {
             skip_to_keyframe: self.skip_to_keyframe.get(),
             slow_subscriber_disconnects: self.slow_subscriber_disconnects.get(),
             republish_wait_expired: self.republish_wait_expired.get(),
+            accept_errors: self.accept_errors.get(),
+            handshake_timeouts: self.handshake_timeouts.get(),
+            gop_cache_overflows: self.gop_cache_overflows.get(),
         }
     }
 }
@@ -148,6 +184,9 @@ impl std::ops::Add for CountersSnapshot {
             slow_subscriber_disconnects: self.slow_subscriber_disconnects
                 + o.slow_subscriber_disconnects,
             republish_wait_expired: self.republish_wait_expired + o.republish_wait_expired,
+            accept_errors: self.accept_errors + o.accept_errors,
+            handshake_timeouts: self.handshake_timeouts + o.handshake_timeouts,
+            gop_cache_overflows: self.gop_cache_overflows + o.gop_cache_overflows,
         }
     }
 }

@@ -1,0 +1,325 @@
+//! `/metrics`: every shard's report rendered as Prometheus text exposition, through the
+//! `prometheus-client` crate's encoder (names, escaping and types are its business).
+//!
+//! Shard series carry a `shard` label (sum them for the server); stream series carry `app` and
+//! `stream` and are already merged across the owner and its mirrors.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+
+use hdrhistogram::Histogram;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::stats::{ShardStats, StreamStats};
+
+type Labels = Vec<(String, String)>;
+
+/// Quantiles exported for each latency histogram.
+const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
+
+struct Families {
+    registry: Registry,
+}
+
+impl Families {
+    fn counter(&mut self, name: &str, help: &str, series: Vec<(Labels, u64)>) {
+        let family = Family::<Labels, Counter>::default();
+        for (labels, value) in series {
+            family.get_or_create(&labels).inc_by(value);
+        }
+        self.registry.register(name, help, family);
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, series: Vec<(Labels, i64)>) {
+        let family = Family::<Labels, Gauge>::default();
+        for (labels, value) in series {
+            family.get_or_create(&labels).set(value);
+        }
+        self.registry.register(name, help, family);
+    }
+
+    fn gauge_f64(&mut self, name: &str, help: &str, series: Vec<(Labels, f64)>) {
+        let family = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        for (labels, value) in series {
+            family.get_or_create(&labels).set(value);
+        }
+        self.registry.register(name, help, family);
+    }
+}
+
+fn labels(pairs: &[(&str, String)]) -> Labels {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+}
+
+fn shard_label(shard: &ShardStats) -> Labels {
+    labels(&[("shard", shard.shard.to_string())])
+}
+
+/// A stream merged across its owner and mirrors.
+pub(super) struct MergedStream<'a> {
+    pub owner: Option<&'a StreamStats>,
+    pub parts: Vec<&'a StreamStats>,
+    pub wait: Histogram<u64>,
+    pub time_to_first_frame: Histogram<u64>,
+}
+
+impl MergedStream<'_> {
+    pub fn subscribers(&self) -> usize {
+        self.parts.iter().map(|p| p.subscribers.len()).sum()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.parts.iter().map(|p| p.dropped).sum()
+    }
+}
+
+/// Groups every shard's view of each stream, merging the latency histograms.
+pub(super) fn merge_streams(shards: &[ShardStats]) -> BTreeMap<(String, String), MergedStream<'_>> {
+    let mut merged: BTreeMap<(String, String), MergedStream<'_>> = BTreeMap::new();
+    for stream in shards.iter().flat_map(|s| &s.streams) {
+        let entry = merged.entry((stream.app.clone(), stream.name.clone())).or_insert_with(|| {
+            MergedStream {
+                owner: None,
+                parts: Vec::new(),
+                wait: super::stats::new_latency_histogram(),
+                time_to_first_frame: super::stats::new_latency_histogram(),
+            }
+        });
+        if !stream.mirror {
+            entry.owner = Some(stream);
+        }
+        entry.parts.push(stream);
+        let _ = entry.wait.add(&stream.wait);
+        let _ = entry.time_to_first_frame.add(&stream.time_to_first_frame);
+    }
+    merged
+}
+
+/// Renders the Prometheus text exposition of `shards`.
+pub fn render(shards: &[ShardStats]) -> String {
+    let mut f = Families { registry: Registry::with_prefix("rtmp_relay") };
+    let per_shard = |get: fn(&ShardStats) -> u64| -> Vec<(Labels, u64)> {
+        shards.iter().map(|s| (shard_label(s), get(s))).collect()
+    };
+    let per_shard_gauge = |get: fn(&ShardStats) -> i64| -> Vec<(Labels, i64)> {
+        shards.iter().map(|s| (shard_label(s), get(s))).collect()
+    };
+
+    f.gauge("streams", "Streams owned by the shard", per_shard_gauge(|s| s.counters.streams));
+    f.gauge(
+        "mirrors",
+        "Mirrors of other shards' streams held by the shard",
+        per_shard_gauge(|s| s.counters.mirrors),
+    );
+    f.gauge(
+        "publishers",
+        "Publishing streams owned by the shard",
+        per_shard_gauge(|s| s.counters.publishers),
+    );
+    f.gauge(
+        "subscribers",
+        "Players connected to the shard",
+        per_shard_gauge(|s| s.counters.subscribers),
+    );
+    f.gauge(
+        "connections_open",
+        "Open RTMP connections",
+        per_shard_gauge(|s| s.counters.connections_open),
+    );
+    f.counter(
+        "connections_accepted",
+        "RTMP connections accepted",
+        per_shard(|s| s.counters.connections_accepted),
+    );
+    f.counter(
+        "accept_errors",
+        "Failed accepts (e.g. out of file descriptors)",
+        per_shard(|s| s.counters.accept_errors),
+    );
+    f.counter(
+        "handshake_failures",
+        "Connections that failed the RTMP handshake",
+        per_shard(|s| s.counters.handshake_failures),
+    );
+    f.counter("publishes", "Publishes accepted", per_shard(|s| s.counters.publishes));
+    f.counter(
+        "publishes_rejected",
+        "Publishes refused (key already published)",
+        per_shard(|s| s.counters.publishes_rejected),
+    );
+    f.counter("plays", "Plays started", per_shard(|s| s.counters.plays));
+    f.counter(
+        "messages_in",
+        "Messages received from publishers",
+        per_shard(|s| s.counters.messages_in),
+    );
+    f.counter(
+        "bytes_in",
+        "Payload bytes received from publishers",
+        per_shard(|s| s.counters.bytes_in),
+    );
+    f.counter(
+        "messages_relayed",
+        "Messages queued to players (one per player per message)",
+        per_shard(|s| s.counters.messages_relayed),
+    );
+    f.counter(
+        "bytes_relayed",
+        "Payload bytes queued to players",
+        per_shard(|s| s.counters.bytes_relayed),
+    );
+    f.counter(
+        "messages_dropped",
+        "Messages skipped by slow players",
+        per_shard(|s| s.counters.messages_dropped),
+    );
+    f.counter(
+        "skip_to_keyframe",
+        "Times a slow player started skipping to the next keyframe",
+        per_shard(|s| s.counters.skip_to_keyframe),
+    );
+    f.counter(
+        "slow_subscriber_disconnects",
+        "Players disconnected for falling too far behind or stalling",
+        per_shard(|s| s.counters.slow_subscriber_disconnects),
+    );
+    f.counter(
+        "republish_wait_expired",
+        "Players stopped because no publisher came back in time",
+        per_shard(|s| s.counters.republish_wait_expired),
+    );
+
+    let mut errors = Vec::new();
+    for shard in shards {
+        for (kind, count) in &shard.protocol_errors {
+            errors.push((
+                labels(&[("shard", shard.shard.to_string()), ("kind", (*kind).to_owned())]),
+                *count,
+            ));
+        }
+    }
+    f.counter("protocol_errors", "Connections closed for a protocol violation, by kind", errors);
+
+    // Limits: each named, each counted when it trips.
+    let mut limits = Vec::new();
+    for shard in shards {
+        let mut add = |name: &str, value: u64| {
+            limits.push((
+                labels(&[("shard", shard.shard.to_string()), ("limit", name.to_owned())]),
+                value,
+            ));
+        };
+        add("handshake_timeout", shard.counters.handshake_timeouts);
+        add("gop_cache", shard.counters.gop_cache_overflows);
+        add("subscriber_queue", shard.counters.slow_subscriber_disconnects);
+        for kind in [
+            "message_too_long",
+            "too_many_chunk_streams",
+            "partial_bytes_exceeded",
+            "too_many_message_streams",
+        ] {
+            add(
+                kind,
+                shard.protocol_errors.iter().filter(|(k, _)| *k == kind).map(|(_, n)| n).sum(),
+            );
+        }
+    }
+    f.counter("limits_tripped", "Limits that tripped, by name", limits);
+
+    let mut sent = Vec::new();
+    let mut received = Vec::new();
+    let mut dropped = Vec::new();
+    for shard in shards {
+        for (peer, (s, r, d)) in
+            shard.mesh.iter().enumerate().filter(|(peer, _)| *peer != shard.shard)
+        {
+            let pair = labels(&[("shard", shard.shard.to_string()), ("peer", peer.to_string())]);
+            sent.push((pair.clone(), *s));
+            received.push((pair.clone(), *r));
+            dropped.push((pair, *d));
+        }
+    }
+    f.counter("mesh_messages_sent", "Messages sent to another shard over the channel mesh", sent);
+    f.counter("mesh_messages_received", "Messages received from another shard", received);
+    f.counter(
+        "mesh_frames_dropped",
+        "Frames to another shard skipped because it fell behind",
+        dropped,
+    );
+
+    let merged = merge_streams(shards);
+    let stream_labels =
+        |(app, name): &(String, String)| labels(&[("app", app.clone()), ("stream", name.clone())]);
+    let mut bitrate = Vec::new();
+    let mut uptime = Vec::new();
+    let mut bytes_in = Vec::new();
+    let mut messages_in = Vec::new();
+    let mut subscribers = Vec::new();
+    let mut stream_dropped = Vec::new();
+    let mut gop = Vec::new();
+    let mut wait = Vec::new();
+    let mut ttff = Vec::new();
+    for (key, stream) in &merged {
+        let base = stream_labels(key);
+        if let Some(owner) = stream.owner {
+            if let Some(p) = &owner.publisher {
+                bitrate.push((base.clone(), p.bitrate_bps as i64));
+                uptime.push((base.clone(), p.uptime_secs));
+            }
+            bytes_in.push((base.clone(), owner.bytes_in));
+            messages_in.push((base.clone(), owner.messages_in));
+            gop.push((base.clone(), owner.gop_cache_bytes as i64));
+        }
+        subscribers.push((base.clone(), stream.subscribers() as i64));
+        stream_dropped.push((base.clone(), stream.dropped()));
+        for (histogram, out) in
+            [(&stream.wait, &mut wait), (&stream.time_to_first_frame, &mut ttff)]
+        {
+            if histogram.is_empty() {
+                continue;
+            }
+            for q in QUANTILES {
+                let mut l = base.clone();
+                l.push(("quantile".into(), q.to_string()));
+                out.push((l, histogram.value_at_quantile(q) as f64 / 1e6));
+            }
+            let mut l = base.clone();
+            l.push(("quantile".into(), "1".into()));
+            out.push((l, histogram.max() as f64 / 1e6));
+        }
+    }
+    f.gauge(
+        "stream_publisher_bitrate_bps",
+        "Publisher ingress bitrate over the last second",
+        bitrate,
+    );
+    f.gauge_f64(
+        "stream_publisher_uptime_seconds",
+        "Time since the current publisher started",
+        uptime,
+    );
+    f.counter("stream_bytes_in", "Payload bytes received from the stream's publishers", bytes_in);
+    f.counter("stream_messages_in", "Messages received from the stream's publishers", messages_in);
+    f.gauge("stream_subscribers", "Players of the stream, all shards", subscribers);
+    f.counter("stream_messages_dropped", "Messages the stream's players skipped", stream_dropped);
+    f.gauge("stream_gop_cache_bytes", "Bytes in the stream's late-join cache", gop);
+    f.gauge_f64(
+        "stream_viewer_wait_seconds",
+        "Time a live frame waited between arriving from the publisher and being written to a player's socket (quantiles since start; 1 = max)",
+        wait,
+    );
+    f.gauge_f64(
+        "stream_time_to_first_frame_seconds",
+        "Time from play to the first frame written to the player (quantiles since start; 1 = max)",
+        ttff,
+    );
+
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_text::encode(&mut out, &f.registry);
+    out
+}

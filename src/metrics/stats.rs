@@ -1,0 +1,99 @@
+//! What shards report when someone scrapes: plain, `Send`, serialisable data, gathered from each
+//! shard on request and merged off the media path. The stream layer fills these in; this module
+//! only knows their shape.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::CountersSnapshot;
+
+/// Microsecond histograms: 1 µs to 1 hour, 3 significant digits.
+pub fn new_latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+/// Records `elapsed` in microseconds, saturating at the histogram's top.
+pub fn record_duration(histogram: &mut Histogram<u64>, elapsed: Duration) {
+    let micros = (elapsed.as_micros() as u64).clamp(1, histogram.high());
+    histogram.saturating_record(micros);
+}
+
+/// One shard's report.
+#[derive(Debug, Clone)]
+pub struct ShardStats {
+    pub shard: usize,
+    pub counters: CountersSnapshot,
+    /// Protocol errors by kind (`SessionError::kind`).
+    pub protocol_errors: Vec<(&'static str, u64)>,
+    /// Per peer shard: (messages sent to it, received from it, media dropped to it).
+    pub mesh: Vec<(u64, u64, u64)>,
+    pub streams: Vec<StreamStats>,
+}
+
+/// A stream as one shard sees it: the owner's full view, or a mirror's local players.
+#[derive(Debug, Clone)]
+pub struct StreamStats {
+    pub app: String,
+    pub name: String,
+    pub shard: usize,
+    pub mirror: bool,
+    pub publisher: Option<PublisherStats>,
+    pub video: Option<VideoStats>,
+    pub audio: Option<AudioStats>,
+    /// Payload bytes and messages received (from the publisher, or from the owner by a mirror).
+    pub bytes_in: u64,
+    pub messages_in: u64,
+    pub gop_cache_bytes: usize,
+    /// Frames this shard's players skipped.
+    pub dropped: u64,
+    pub subscribers: Vec<SubscriberStats>,
+    /// How long frames waited between arriving from the publisher and being written to a
+    /// player's socket, in microseconds.
+    pub wait: Histogram<u64>,
+    /// Time from play to the first frame written, in microseconds.
+    pub time_to_first_frame: Histogram<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PublisherStats {
+    pub peer: String,
+    pub conn_id: u64,
+    pub uptime_secs: f64,
+    /// Ingress bitrate over the last measurement second.
+    pub bitrate_bps: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VideoStats {
+    pub codec: String,
+    pub profile: Option<String>,
+    pub level: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// Video frames per second over the last measurement second.
+    pub frame_rate: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AudioStats {
+    pub codec: String,
+    pub profile: Option<String>,
+    pub sample_rate: Option<u32>,
+    pub channels: Option<u8>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriberStats {
+    pub peer: String,
+    pub conn_id: u64,
+    pub shard: usize,
+    /// Bytes written to the player's socket.
+    pub bytes: u64,
+    /// Frames skipped by the slow-subscriber policy.
+    pub dropped: u64,
+    pub queue_bytes: usize,
+    /// Milliseconds of media queued: how far behind live the player is.
+    pub lag_ms: u32,
+}

@@ -1,0 +1,206 @@
+//! The HTTP control plane: exact counters after a known publish/play, a slow player visible in
+//! drops and lag, gauges back to zero, documented JSON fields, valid Prometheus exposition.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::*;
+use rtmp_proto::session::MediaKind;
+use serde_json::Value;
+
+/// GET `path`; returns (status, body).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut socket = TcpStream::connect(addr).expect("connect to the control plane");
+    socket.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(socket, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").expect("request");
+    let mut response = String::new();
+    socket.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("header/body split");
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    (status, body.to_owned())
+}
+
+/// Parses /metrics with a Prometheus parser and sums each metric over the given label filter.
+struct Metrics(prometheus_parse::Scrape);
+
+impl Metrics {
+    fn scrape(addr: SocketAddr) -> Metrics {
+        let (status, body) = get(addr, "/metrics");
+        assert_eq!(status, 200);
+        let lines = body.lines().map(|l| Ok(l.to_owned()));
+        Metrics(prometheus_parse::Scrape::parse(lines).expect("valid Prometheus exposition"))
+    }
+
+    fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
+        let samples: Vec<_> = self
+            .0
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| filter.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .collect();
+        assert!(!samples.is_empty(), "no samples of {name} {filter:?}");
+        samples
+            .iter()
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    }
+}
+
+#[test]
+fn counters_equal_what_was_sent_and_return_to_zero() {
+    let server = start_server(|c| c.shards = Some(2));
+    let http = server.http_addr().expect("control plane runs");
+    let mut publisher = Client::connect(server.local_addr(), "live");
+    publisher.publish("metered");
+    let mut players: Vec<Client> = (0..3)
+        .map(|_| {
+            let mut p = Client::connect(server.local_addr(), "live");
+            p.play("metered");
+            p
+        })
+        .collect();
+    let mut bytes = 0u64;
+    for seq in 0..50u32 {
+        let payload = video_frame(seq, seq % 10 == 0, 1000 + seq as usize * 10);
+        bytes += payload.len() as u64;
+        publisher.send(MediaKind::Video, seq * 40, &payload);
+    }
+    for player in &mut players {
+        assert_eq!(player.media(51, WAIT).len(), 51);
+    }
+
+    let m = Metrics::scrape(http);
+    assert_eq!(m.sum("rtmp_relay_messages_in_total", &[]), 50.0);
+    assert_eq!(m.sum("rtmp_relay_bytes_in_total", &[]), bytes as f64);
+    assert_eq!(m.sum("rtmp_relay_messages_relayed_total", &[]), 150.0);
+    assert_eq!(m.sum("rtmp_relay_bytes_relayed_total", &[]), 3.0 * bytes as f64);
+    assert_eq!(m.sum("rtmp_relay_messages_dropped_total", &[]), 0.0);
+    assert_eq!(m.sum("rtmp_relay_subscribers", &[]), 3.0);
+    assert_eq!(m.sum("rtmp_relay_publishers", &[]), 1.0);
+    assert_eq!(m.sum("rtmp_relay_streams", &[]), 1.0);
+    let stream = [("app", "live"), ("stream", "metered")];
+    assert_eq!(m.sum("rtmp_relay_stream_messages_in_total", &stream), 50.0);
+    assert_eq!(m.sum("rtmp_relay_stream_bytes_in_total", &stream), bytes as f64);
+    assert_eq!(m.sum("rtmp_relay_stream_subscribers", &stream), 3.0);
+    let wait_max =
+        m.sum("rtmp_relay_stream_viewer_wait_seconds", &[("stream", "metered"), ("quantile", "1")]);
+    assert!(wait_max > 0.0 && wait_max < 5.0, "viewer wait max {wait_max}");
+
+    for player in players {
+        player.close();
+    }
+    publisher.close();
+    eventually("gauges back to zero", || {
+        let m = Metrics::scrape(http);
+        m.sum("rtmp_relay_subscribers", &[]) == 0.0
+            && m.sum("rtmp_relay_publishers", &[]) == 0.0
+            && m.sum("rtmp_relay_streams", &[]) == 0.0
+            && m.sum("rtmp_relay_mirrors", &[]) == 0.0
+            && m.sum("rtmp_relay_connections_open", &[]) == 0.0
+    });
+    let (_, body) = get(http, "/api/streams");
+    let json: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(json["streams"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn stream_json_has_the_documented_fields() {
+    let server = start_server(|_| {});
+    let http = server.http_addr().expect("control plane runs");
+    assert_eq!(get(http, "/healthz"), (200, "ok\n".to_owned()));
+    let mut publisher = Client::connect(server.local_addr(), "live");
+    publisher.publish("described");
+    publisher.send_headers();
+    for seq in 0..20u32 {
+        publisher.send(MediaKind::Video, seq * 33, &video_frame(seq, seq == 0, 500));
+        publisher.send(MediaKind::Audio, seq * 33, &audio_frame(seq));
+    }
+    let mut player = Client::connect(server.local_addr(), "live");
+    player.play("described");
+    player.media(10, Duration::from_secs(2));
+
+    let json: Value = loop {
+        let (status, body) = get(http, "/api/streams/live/described");
+        assert_eq!(status, 200);
+        let json: Value = serde_json::from_str(&body).expect("JSON");
+        if json["subscriber_count"] == 1 {
+            break json;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for field in [
+        "app",
+        "name",
+        "owner_shard",
+        "publisher",
+        "video",
+        "audio",
+        "bytes_in",
+        "messages_in",
+        "gop_cache_bytes",
+        "subscriber_count",
+        "dropped",
+        "viewer_wait",
+        "time_to_first_frame",
+        "subscribers",
+    ] {
+        assert!(json.get(field).is_some(), "missing {field}: {json}");
+    }
+    assert_eq!(json["video"]["codec"], "H.264");
+    assert_eq!(json["video"]["profile"], "High");
+    assert_eq!(json["video"]["width"], 1280);
+    assert_eq!(json["audio"]["codec"], "AAC");
+    assert!(json["publisher"]["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:")));
+    let subscriber = &json["subscribers"][0];
+    for field in ["peer", "conn_id", "shard", "bytes", "dropped", "queue_bytes", "lag_ms"] {
+        assert!(subscriber.get(field).is_some(), "missing subscriber {field}: {subscriber}");
+    }
+    assert!(json["time_to_first_frame"]["count"].as_u64() >= Some(1));
+    assert_eq!(get(http, "/api/streams/live/nothing").0, 404);
+    assert_eq!(get(http, "/nowhere").0, 404);
+    let (_, list) = get(http, "/api/streams");
+    let list: Value = serde_json::from_str(&list).expect("JSON");
+    assert_eq!(list["streams"][0]["name"], "described");
+}
+
+#[test]
+fn a_slow_player_shows_in_drops_and_lag() {
+    let server = start_server(|c| {
+        c.shards = Some(1);
+        c.gop_cache_max_ms = 100;
+        c.subscriber_soft_lag_ms = 500;
+    });
+    let http = server.http_addr().expect("control plane runs");
+    let mut publisher = Client::connect(server.local_addr(), "live");
+    publisher.publish("slowpoke");
+    let mut stalled = Client::connect(server.local_addr(), "live");
+    stalled.play("slowpoke");
+    // 300 x 100 KB at 33 ms: 10 s of media, far more than the socket buffers hold.
+    for seq in 0..300u32 {
+        publisher.send(MediaKind::Video, seq * 33, &video_frame(seq, seq % 30 == 0, 100_000));
+    }
+    eventually("the stalled player is skipping", || {
+        let m = Metrics::scrape(http);
+        m.sum("rtmp_relay_stream_messages_dropped_total", &[("stream", "slowpoke")]) > 0.0
+            && m.sum("rtmp_relay_skip_to_keyframe_total", &[]) >= 1.0
+    });
+    let (_, body) = get(http, "/api/streams/live/slowpoke");
+    let json: Value = serde_json::from_str(&body).expect("JSON");
+    let subscriber = &json["subscribers"][0];
+    assert!(subscriber["dropped"].as_u64() > Some(0), "{subscriber}");
+    assert!(subscriber["queue_bytes"].as_u64() > Some(0), "{subscriber}");
+    assert!(
+        subscriber["lag_ms"].as_u64() > Some(500),
+        "behind live by more than the soft lag: {subscriber}"
+    );
+    stalled.close();
+}
