@@ -57,6 +57,8 @@ pub struct ConnContext {
     pub counters: Rc<ShardCounters>,
     pub session: SessionConfig,
     pub handshake_timeout: Duration,
+    /// SO_SNDBUF for players (0: kernel autotuning).
+    pub player_send_buffer: usize,
     /// Time base for handshake timestamps.
     pub epoch: Instant,
     next_conn_id: Cell<u64>,
@@ -70,6 +72,7 @@ impl ConnContext {
         counters: Rc<ShardCounters>,
         session: SessionConfig,
         handshake_timeout: Duration,
+        player_send_buffer: usize,
     ) -> Self {
         let epoch = Instant::now();
         let seed = std::time::SystemTime::now()
@@ -81,6 +84,7 @@ impl ConnContext {
             counters,
             session,
             handshake_timeout,
+            player_send_buffer,
             epoch,
             // Connection ids are unique across shards: the shard id is in the top bits.
             next_conn_id: Cell::new((shard_id as u64) << 48),
@@ -358,6 +362,13 @@ impl Connection {
                 self.session.accept_play(stream_id, &name.key);
                 // The play replies must be queued before the cached frames.
                 self.flush_session(now);
+                if self.playing.is_empty() && self.ctx.player_send_buffer > 0 {
+                    // A small kernel buffer keeps a slow player's backlog in our queue, where
+                    // the slow-subscriber policy can see it.
+                    if let Err(e) = self.socket.set_send_buffer(self.ctx.player_send_buffer) {
+                        debug!(error = %e, "could not set the player's send buffer");
+                    }
+                }
                 let subscriber = Rc::new(Subscriber::new(
                     self.conn_id,
                     self.peer,

@@ -43,6 +43,28 @@ impl Socket {
         poll_fn(|cx| Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, buf)).await
     }
 
+    /// Sets SO_SNDBUF (the kernel doubles it), which also turns off send-buffer autotuning
+    /// for this socket.
+    pub fn set_send_buffer(&self, bytes: usize) -> io::Result<()> {
+        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `value` lives across the call and its size is passed; the fd is owned by
+        // `self.stream`.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     /// Ends both directions now, waking a pending read: how the writer tells the reader that
     /// the connection is over (slow subscriber, closed by the server).
     pub fn shutdown(&self) {

@@ -395,6 +395,7 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
         counters.clone(),
         config.session_config(),
         config.handshake_timeout(),
+        config.player_send_buffer_bytes,
     ));
     let snapshot = {
         let ctx = ctx.clone();
