@@ -335,8 +335,15 @@ impl Registry {
                 self.outbox(from).push(ShardMessage::PublishReply { conn_id, result });
             }
             ShardMessage::PublishReply { conn_id, result } => {
-                if let Some(waiter) = self.publish_waiters.borrow_mut().remove(&conn_id) {
-                    waiter.complete(result);
+                let waiter = self.publish_waiters.borrow_mut().remove(&conn_id);
+                match (waiter, result) {
+                    (Some(waiter), result) => waiter.complete(result),
+                    // The connection gave up (closed, or timed out waiting) before the owner
+                    // accepted: release the stream so it does not stay published by nobody.
+                    (None, Ok(uid)) => {
+                        self.outbox(from).push(ShardMessage::Unpublish { uid, conn_id })
+                    }
+                    (None, Err(_)) => {}
                 }
             }
             ShardMessage::PublisherFrame { uid, conn_id, frame } => {
@@ -403,5 +410,158 @@ impl Registry {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use rtmp_proto::chunk::ChunkEncoder;
+    use rtmp_proto::session::MediaKind;
+    use rtmp_proto::time::RtmpTimestamp;
+
+    use super::*;
+    use crate::stream::{CacheLimits, OutQueue};
+
+    fn settings() -> RelaySettings {
+        RelaySettings {
+            encoder: ChunkEncoder::new(4096),
+            cache: CacheLimits { max_bytes: 1 << 20, max_ms: 10_000 },
+            soft_lag_ms: 10_000,
+            hard_queue_bytes: 1 << 24,
+            stall: Duration::from_secs(60),
+            republish_wait: Duration::from_secs(30),
+        }
+    }
+
+    /// Two shards' registries wired back to back, with the mesh replaced by a pump.
+    struct Pair {
+        shards: [Registry; 2],
+        now: Instant,
+    }
+
+    impl Pair {
+        fn new() -> Self {
+            let registry = |id| {
+                let outboxes = (0..2).map(|peer| Rc::new(PeerOutbox::new(peer, 64))).collect();
+                Registry::sharded(settings(), Rc::new(ShardCounters::default()), id, outboxes)
+            };
+            Pair { shards: [registry(0), registry(1)], now: Instant::now() }
+        }
+
+        /// Delivers messages both ways until none are left; returns how many moved.
+        fn pump(&self) -> usize {
+            let mut moved = 0;
+            loop {
+                let mut any = false;
+                for from in 0..2 {
+                    let to = 1 - from;
+                    while let Some(message) = self.shards[from].outbox(to).pop() {
+                        self.shards[to].handle(from, message, self.now);
+                        any = true;
+                        moved += 1;
+                    }
+                }
+                if !any {
+                    return moved;
+                }
+            }
+        }
+
+        fn key_owned_by(&self, shard: usize) -> StreamKey {
+            (0..)
+                .map(|i| StreamKey::new("live", format!("k{i}")))
+                .find(|k| self.shards[0].owner_of(k) == shard)
+                .expect("a key for each shard")
+        }
+    }
+
+    fn publisher(conn_id: u64) -> PublisherInfo {
+        PublisherInfo { conn_id, peer: SocketAddr::from(([127, 0, 0, 1], 1000)) }
+    }
+
+    fn player(conn_id: u64, now: Instant) -> Rc<Subscriber> {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 2000));
+        Rc::new(Subscriber::new(conn_id, peer, 1, Rc::new(OutQueue::new(now))))
+    }
+
+    #[test]
+    fn a_publish_accepted_after_its_connection_gave_up_is_released() {
+        let pair = Pair::new();
+        let key = pair.key_owned_by(0);
+        let waiter = pair.shards[1].request_publish(key.clone(), publisher(7));
+        pair.shards[1].forget_publish_request(7);
+        drop(waiter);
+        pair.pump();
+        let stream = pair.shards[0].get(&key);
+        assert!(stream.is_none(), "the owner released the orphaned publish");
+        assert_eq!(pair.shards[0].counters().publishers.get(), 0);
+    }
+
+    #[test]
+    fn a_mirror_follows_the_owner_and_goes_away_with_its_last_player() {
+        let pair = Pair::new();
+        let key = pair.key_owned_by(0);
+        let stream = pair.shards[0].publish(key.clone(), publisher(1), pair.now).unwrap();
+        let frame = |payload: &'static [u8]| rtmp_proto::session::Media {
+            stream_id: 1,
+            kind: MediaKind::Video,
+            timestamp: RtmpTimestamp(0),
+            payload: Bytes::from_static(payload),
+            is_metadata: false,
+        };
+        stream.relay(
+            frame(&[0x17, 1, 0, 0, 0, 9]),
+            pair.now,
+            &settings(),
+            pair.shards[0].counters(),
+        );
+        let remote = player(100, pair.now);
+        let mirror = pair.shards[1].play(key.clone(), remote.clone(), pair.now);
+        assert!(mirror.is_mirror());
+        pair.pump();
+        assert!(
+            remote.queue.queued_bytes() > 0,
+            "the snapshot's keyframe reached the remote player"
+        );
+        assert_eq!(stream.mirror_shards(), vec![1]);
+
+        // A second remote player starts from the mirror, without asking the owner.
+        let second = player(101, pair.now);
+        pair.shards[1].play(key.clone(), second.clone(), pair.now);
+        assert_eq!(pair.pump(), 0);
+        assert!(second.queue.queued_bytes() > 0);
+
+        pair.shards[1].leave(&mirror, 100, 1);
+        pair.shards[1].leave(&mirror, 101, 1);
+        pair.pump();
+        assert!(pair.shards[1].get(&key).is_none());
+        assert!(stream.mirror_shards().is_empty(), "the owner stopped feeding the shard");
+        pair.shards[0].unpublish(&stream, 1, pair.now);
+        assert!(pair.shards[0].get(&key).is_none());
+    }
+
+    #[test]
+    fn a_stale_snapshot_for_an_earlier_mirror_is_ignored() {
+        let pair = Pair::new();
+        let key = pair.key_owned_by(0);
+        pair.shards[0].publish(key.clone(), publisher(1), pair.now).unwrap();
+        let first = player(100, pair.now);
+        let mirror = pair.shards[1].play(key.clone(), first, pair.now);
+        // The player leaves before the owner answers, and another joins at once.
+        pair.shards[1].leave(&mirror, 100, 1);
+        let second = player(101, pair.now);
+        let mirror = pair.shards[1].play(key.clone(), second.clone(), pair.now);
+        pair.pump();
+        assert_eq!(
+            mirror.publisher().map(|p| p.conn_id),
+            Some(1),
+            "the second mirror got its snapshot"
+        );
+        assert_eq!(pair.shards[1].counters().mirrors.get(), 1);
+        assert_eq!(pair.shards[0].get(&key).map(|s| s.mirror_shards()), Some(vec![1]));
     }
 }

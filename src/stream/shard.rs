@@ -141,18 +141,19 @@ impl PeerOutbox {
         true
     }
 
+    /// Takes the next message, if any.
+    pub(super) fn pop(&self) -> Option<ShardMessage> {
+        let message = self.items.borrow_mut().pop_front()?;
+        if matches!(message, ShardMessage::Frame { .. } | ShardMessage::PublisherFrame { .. }) {
+            self.frames.set(self.frames.get() - 1);
+        }
+        self.sent.inc();
+        Some(message)
+    }
+
     fn poll_next(&self, cx: &mut Context<'_>) -> Poll<ShardMessage> {
-        match self.items.borrow_mut().pop_front() {
-            Some(message) => {
-                if matches!(
-                    message,
-                    ShardMessage::Frame { .. } | ShardMessage::PublisherFrame { .. }
-                ) {
-                    self.frames.set(self.frames.get() - 1);
-                }
-                self.sent.inc();
-                Poll::Ready(message)
-            }
+        match self.pop() {
+            Some(message) => Poll::Ready(message),
             None => {
                 self.waker.set(Some(cx.waker().clone()));
                 Poll::Pending
