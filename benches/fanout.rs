@@ -34,8 +34,8 @@ use rtmp_proto::session::{Media, MediaKind};
 use rtmp_proto::time::RtmpTimestamp;
 use rtmp_relay::metrics::ShardCounters;
 use rtmp_relay::stream::{
-    CacheLimits, Frame, LateJoinCache, OutQueue, PublisherInfo, Registry, RelaySettings, Stream,
-    StreamKey, Subscriber,
+    Frame, LateJoinCache, OutQueue, PublisherInfo, Registry, RelaySettings, Stream, StreamKey,
+    Subscriber,
 };
 use rtmp_relay::Config;
 
@@ -70,22 +70,6 @@ fn main() {
     let results = suite.run();
     for table in tables.into_iter().flat_map(|t| t(&results)) {
         table.print(&h);
-    }
-}
-
-/// The shard's relay settings from the default configuration, as `runtime::relay_settings`
-/// builds them.
-fn relay_settings(config: &Config) -> RelaySettings {
-    RelaySettings {
-        encoder: ChunkEncoder::new(config.out_chunk_size),
-        cache: CacheLimits {
-            max_bytes: config.gop_cache_max_bytes,
-            max_ms: config.gop_cache_max_ms,
-        },
-        soft_lag_ms: config.subscriber_soft_lag_ms,
-        hard_queue_bytes: config.subscriber_hard_limit_bytes,
-        stall: config.subscriber_stall(),
-        republish_wait: config.republish_wait(),
     }
 }
 
@@ -157,7 +141,7 @@ struct Fanout {
 
 impl Fanout {
     fn new(subscribers: u64, play_stream_id: u32) -> Self {
-        let settings = relay_settings(&Config::default());
+        let settings = RelaySettings::from_config(&Config::default());
         let registry = Registry::new(settings, Rc::new(ShardCounters::default()));
         let now = Instant::now();
         let key = StreamKey::new("live", "bench");
@@ -181,7 +165,7 @@ impl Fanout {
                 let queue = Rc::new(OutQueue::new(now));
                 let subscriber =
                     Subscriber::new(conn_id, peer(conn_id), play_stream_id, queue.clone());
-                registry.play(key.clone(), Rc::new(subscriber), now);
+                registry.play(key.clone(), Rc::new(subscriber), now).expect("within limits");
                 queue
             })
             .collect();
@@ -391,7 +375,7 @@ fn headers(encoder: &ChunkEncoder) -> [Rc<Frame>; 3] {
 }
 
 fn cache(suite: &mut Suite<'_>) -> TableFn {
-    let settings = relay_settings(&Config::default());
+    let settings = RelaySettings::from_config(&Config::default());
     let encoder = settings.encoder;
     let gop = Rc::new(gop(&encoder));
     let headers = headers(&encoder);
@@ -446,7 +430,8 @@ fn cache(suite: &mut Suite<'_>) -> TableFn {
     let replayed: usize = replay.iter().map(|f| f.chunks.len()).sum();
     let id = suite.add_fn(&format!("cache {name}"), move || {
         let queue = Rc::new(OutQueue::new(now));
-        registry.play(key.clone(), Rc::new(Subscriber::new(1, peer(1), 1, queue.clone())), now);
+        let subscriber = Rc::new(Subscriber::new(1, peer(1), 1, queue.clone()));
+        registry.play(key.clone(), subscriber, now).expect("within limits");
         registry.leave(&stream, 1, 1);
         assert_eq!(queue.queued_bytes(), replayed);
     });

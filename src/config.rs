@@ -102,9 +102,61 @@ pub struct Config {
     #[arg(long, default_value_t = 30)]
     pub republish_wait_secs: u64,
 
-    /// Seconds a client has to complete the handshake and connect.
+    /// Seconds a client has to complete the handshake and connect. Stops slowloris-style
+    /// clients from holding connections open without speaking.
     #[arg(long, default_value_t = 10)]
     pub handshake_timeout_secs: u64,
+
+    /// Seconds a connected client has to publish or play before it is closed.
+    #[arg(long, default_value_t = 30)]
+    pub idle_before_play_secs: u64,
+
+    /// Seconds a publisher may send nothing before it is closed (its players then wait for a
+    /// republish). Encoders send media continuously; a silent one is gone or wedged.
+    #[arg(long, default_value_t = 30)]
+    pub publisher_idle_secs: u64,
+
+    /// Most open connections on the server (divided evenly among shards). Stops descriptor
+    /// and memory exhaustion by connection floods.
+    #[arg(long, default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    /// Most open connections from one IP address.
+    #[arg(long, default_value_t = 1_000)]
+    pub max_connections_per_ip: u32,
+
+    /// Most connections from one IP address still in the handshake (before `connect`). A
+    /// flood of half-open handshakes from one address cannot crowd out other clients.
+    #[arg(long, default_value_t = 50)]
+    pub max_handshaking_per_ip: u32,
+
+    /// Most streams (published or waited for) per shard.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_streams_per_shard: usize,
+
+    /// Most players of one stream on one shard.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_subscribers_per_stream: usize,
+
+    /// Most chunk streams one connection may use (real clients use fewer than 10).
+    #[arg(long, default_value_t = 64)]
+    pub max_chunk_streams: usize,
+
+    /// Most bytes one connection may hold in partially received messages.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub max_partial_bytes: usize,
+
+    /// Deepest AMF nesting accepted in commands and metadata.
+    #[arg(long, default_value_t = 32)]
+    pub max_amf_depth: usize,
+
+    /// Longest AMF string accepted, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_amf_string_bytes: usize,
+
+    /// Seconds a graceful shutdown waits for connections to flush their last messages.
+    #[arg(long, default_value_t = 5)]
+    pub shutdown_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -162,6 +214,24 @@ impl Config {
         Duration::from_secs(self.handshake_timeout_secs)
     }
 
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// The per-connection limits each of `shards` shards applies: per-IP counts are kept per
+    /// shard, so each enforces its share (see `conn::limits`).
+    pub fn connection_limits(&self, shards: usize) -> crate::conn::ConnLimits {
+        let share = |limit: u32| limit.div_ceil(shards.max(1) as u32).max(1);
+        crate::conn::ConnLimits {
+            handshake: self.handshake_timeout(),
+            idle_before_play: Duration::from_secs(self.idle_before_play_secs),
+            publisher_idle: Duration::from_secs(self.publisher_idle_secs),
+            player_send_buffer: self.player_send_buffer_bytes,
+            max_per_ip: share(self.max_connections_per_ip),
+            max_handshaking_per_ip: share(self.max_handshaking_per_ip),
+        }
+    }
+
     /// The protocol settings every session of this server uses.
     pub fn session_config(&self) -> rtmp_proto::session::SessionConfig {
         let defaults = rtmp_proto::session::SessionConfig::default();
@@ -169,7 +239,13 @@ impl Config {
             out_chunk_size: self.out_chunk_size,
             chunk_limits: rtmp_proto::chunk::Limits {
                 max_message_len: self.max_message_bytes,
-                ..defaults.chunk_limits
+                max_chunk_streams: self.max_chunk_streams,
+                max_partial_bytes: self.max_partial_bytes,
+            },
+            amf_limits: rtmp_proto::amf0::AmfLimits {
+                max_depth: self.max_amf_depth,
+                max_string_len: self.max_amf_string_bytes,
+                ..defaults.amf_limits
             },
             ..defaults
         }

@@ -277,6 +277,7 @@ pub mod code {
     pub const PLAY_START: &str = "NetStream.Play.Start";
     pub const PLAY_STOP: &str = "NetStream.Play.Stop";
     pub const PLAY_STREAM_NOT_FOUND: &str = "NetStream.Play.StreamNotFound";
+    pub const PLAY_FAILED: &str = "NetStream.Play.Failed";
     pub const PLAY_PUBLISH_NOTIFY: &str = "NetStream.Play.PublishNotify";
     pub const PLAY_UNPUBLISH_NOTIFY: &str = "NetStream.Play.UnpublishNotify";
     pub const PAUSE_NOTIFY: &str = "NetStream.Pause.Notify";

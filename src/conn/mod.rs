@@ -14,9 +14,11 @@
 //! stream the connection published is unpublished and every play is left, so nothing it touched
 //! outlives it.
 
+mod limits;
 mod socket;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -30,6 +32,7 @@ use rtmp_proto::session::{ServerEvent, ServerSession, SessionConfig, SessionErro
 use tracing::field::Empty;
 use tracing::{debug, info, info_span, warn, Instrument, Span};
 
+pub use limits::{Admission, ConnLimits, IpTable, Refusal};
 pub use socket::Socket;
 
 use crate::metrics::ShardCounters;
@@ -56,11 +59,17 @@ pub struct ConnContext {
     pub registry: Registry,
     pub counters: Rc<ShardCounters>,
     pub session: SessionConfig,
-    pub handshake_timeout: Duration,
-    /// SO_SNDBUF for players (0: kernel autotuning).
-    pub player_send_buffer: usize,
+    pub limits: ConnLimits,
+    /// Open connections this shard admits (its share of `--max-connections`).
+    pub max_connections: usize,
+    /// Per-IP counts of this shard's connections.
+    ip_table: Rc<IpTable>,
     /// Time base for handshake timestamps.
     pub epoch: Instant,
+    /// Every open connection's queue, so a shutdown can close them all.
+    open: RefCell<HashMap<u64, Rc<OutQueue>>>,
+    /// When a refused connection was last logged: floods are logged once a second.
+    last_refusal_log: Cell<Option<Instant>>,
     next_conn_id: Cell<u64>,
     rng: Cell<u64>,
 }
@@ -71,8 +80,8 @@ impl ConnContext {
         registry: Registry,
         counters: Rc<ShardCounters>,
         session: SessionConfig,
-        handshake_timeout: Duration,
-        player_send_buffer: usize,
+        limits: ConnLimits,
+        max_connections: usize,
     ) -> Self {
         let epoch = Instant::now();
         let seed = std::time::SystemTime::now()
@@ -83,12 +92,27 @@ impl ConnContext {
             registry,
             counters,
             session,
-            handshake_timeout,
-            player_send_buffer,
+            limits,
+            max_connections,
+            ip_table: Rc::default(),
             epoch,
+            open: RefCell::new(HashMap::new()),
+            last_refusal_log: Cell::new(None),
             // Connection ids are unique across shards: the shard id is in the top bits.
             next_conn_id: Cell::new((shard_id as u64) << 48),
             rng: Cell::new(seed ^ (shard_id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+        }
+    }
+
+    /// Open connections on this shard.
+    pub fn open_connections(&self) -> usize {
+        self.open.borrow().len()
+    }
+
+    /// Shutdown: every connection writes what it has queued and closes.
+    pub fn close_all(&self) {
+        for queue in self.open.borrow().values() {
+            queue.close(CloseReason::AfterFlush);
         }
     }
 
@@ -122,14 +146,16 @@ enum Ended {
     PeerClosed,
     /// The socket failed.
     Io(std::io::Error),
-    /// No connect within the handshake timeout.
-    HandshakeTimeout,
+    /// A time limit ran out (its name).
+    Timeout(&'static str),
     /// The peer broke the protocol.
     Protocol(SessionError),
     /// The server closed it (its queue says why).
     Server(CloseReason),
     /// A publish was refused; the reply is sent before closing.
     PublishRefused,
+    /// A play was refused by a limit (named); the reply is sent before closing.
+    Refused(&'static str),
 }
 
 /// Serves one accepted connection until it ends. Never panics on peer input; every error ends
@@ -144,10 +170,32 @@ pub async fn serve(ctx: Rc<ConnContext>, stream: TcpStream) {
 }
 
 async fn serve_connection(ctx: Rc<ConnContext>, stream: TcpStream, conn_id: u64, peer: SocketAddr) {
-    if let Err(e) = stream.set_nodelay(true) {
-        debug!(%peer, error = %e, "could not set TCP_NODELAY");
-    }
     ctx.counters.connections_accepted.inc();
+    let admitted = if ctx.open_connections() >= ctx.max_connections {
+        Err(Refusal::ServerFull)
+    } else {
+        ctx.ip_table.admit(peer.ip(), &ctx.limits)
+    };
+    let admission = match admitted {
+        Ok(admission) => admission,
+        Err(refusal) => {
+            ctx.counters.limit_tripped(refusal.limit());
+            let now = Instant::now();
+            let quiet =
+                ctx.last_refusal_log.get().is_some_and(|t| now - t < Duration::from_secs(1));
+            if !quiet {
+                ctx.last_refusal_log.set(Some(now));
+                warn!(
+                    limit = refusal.limit(),
+                    "connection refused (further refusals this second not logged)"
+                );
+            }
+            return; // dropping the stream closes it
+        }
+    };
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(error = %e, "could not set TCP_NODELAY");
+    }
     ctx.counters.connections_open.inc();
     info!("connection opened");
 
@@ -163,6 +211,7 @@ async fn serve_connection(ctx: Rc<ConnContext>, stream: TcpStream, conn_id: u64,
         })
     };
 
+    ctx.open.borrow_mut().insert(conn_id, queue.clone());
     let epoch_ms = ctx.epoch.elapsed().as_millis() as u32;
     let session = ServerSession::new(ctx.session, epoch_ms, &ctx.random_bytes());
     let mut conn = Connection {
@@ -175,20 +224,26 @@ async fn serve_connection(ctx: Rc<ConnContext>, stream: TcpStream, conn_id: u64,
         publishing: Vec::new(),
         playing: Vec::new(),
         pending_publish: None,
+        admission,
     };
     let ended = conn.run().await;
     // A refusal or a last reply written just before the end still goes out.
     conn.flush_session(Instant::now());
     conn.cleanup();
+    ctx.open.borrow_mut().remove(&conn_id);
 
     match &ended {
         Ended::PeerClosed => info!("connection closed by peer"),
         Ended::Io(e) => {
             info!(error = %e, "connection closed on socket error")
         }
-        Ended::HandshakeTimeout => {
-            ctx.counters.handshake_timeouts.inc();
-            warn!("closing connection: no connect within the handshake timeout");
+        Ended::Timeout(limit) => {
+            if *limit == "handshake_timeout" {
+                ctx.counters.handshake_timeouts.inc();
+            } else {
+                ctx.counters.limit_tripped(limit);
+            }
+            warn!(limit, "closing connection: time limit reached");
         }
         Ended::Protocol(e) => {
             if matches!(e, SessionError::Handshake(_)) {
@@ -201,6 +256,7 @@ async fn serve_connection(ctx: Rc<ConnContext>, stream: TcpStream, conn_id: u64,
             info!(reason = reason.as_str(), "connection closed by server")
         }
         Ended::PublishRefused => {}
+        Ended::Refused(limit) => info!(limit, "connection closed: a limit refused its play"),
     }
     // Replies already queued (a refusal, a Play.Stop) still go out, within a bound.
     queue.close(CloseReason::AfterFlush);
@@ -232,6 +288,8 @@ struct Connection {
     playing: Vec<(u32, Rc<Stream>)>,
     /// A publish waiting for the owner shard's answer; input processing pauses until it comes.
     pending_publish: Option<PendingPublish>,
+    /// This connection's place in the per-IP counts.
+    admission: Admission,
 }
 
 /// Where a publisher's media goes.
@@ -251,25 +309,41 @@ struct PendingPublish {
 impl Connection {
     async fn run(&mut self) -> Ended {
         let mut input = BytesMut::with_capacity(SMALL_READ);
-        let handshake_deadline = Instant::now() + self.ctx.handshake_timeout;
+        let limits = self.ctx.limits;
+        let handshake_deadline = Instant::now() + limits.handshake;
+        let mut connected_at = None;
         loop {
             let read_size = if self.publishing.is_empty() { SMALL_READ } else { LARGE_READ };
             let filled = input.len();
             input.resize(filled + read_size, 0);
-            let read = if self.session.app().is_none() {
-                let left = handshake_deadline.saturating_duration_since(Instant::now());
-                let timeout = async {
-                    glommio::timer::sleep(left).await;
-                    Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
-                };
-                self.socket.read(&mut input[filled..]).or(timeout).await
+            // Which limit bounds this read: the handshake, the wait for publish/play, or a
+            // publisher's silence. A player may stay silent as long as it likes.
+            let deadline = if self.session.app().is_none() {
+                Some((handshake_deadline, "handshake_timeout"))
+            } else if self.publishing.is_empty() && self.playing.is_empty() {
+                let since = *connected_at.get_or_insert_with(Instant::now);
+                Some((since + limits.idle_before_play, "idle_before_play"))
+            } else if !self.publishing.is_empty() {
+                Some((Instant::now() + limits.publisher_idle, "publisher_idle"))
             } else {
-                self.socket.read(&mut input[filled..]).await
+                None
+            };
+            let read = match deadline {
+                Some((deadline, limit)) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let timeout = async {
+                        glommio::timer::sleep(left).await;
+                        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, limit))
+                    };
+                    self.socket.read(&mut input[filled..]).or(timeout).await
+                }
+                None => self.socket.read(&mut input[filled..]).await,
             };
             let n = match read {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    return Ended::HandshakeTimeout
+                    let limit = deadline.map_or("timeout", |(_, limit)| limit);
+                    return Ended::Timeout(limit);
                 }
                 Err(e) => {
                     return match self.queue.close_reason() {
@@ -340,6 +414,7 @@ impl Connection {
         match event {
             ServerEvent::Connected(params) => {
                 Span::current().record("app", params.app.as_str());
+                self.admission.handshake_done();
                 debug!(app = %params.app,
                     flash_ver = params.flash_ver.as_deref().unwrap_or(""), "connected");
             }
@@ -359,13 +434,23 @@ impl Connection {
             ServerEvent::PlayRequested { stream_id, name } => {
                 Span::current().record("key", name.key.as_str());
                 let key = self.key(&name.key);
+                if let Err(limit) = self.ctx.registry.check_play(&key) {
+                    warn!(stream = %key, limit, "play refused");
+                    self.session.reject_play(
+                        stream_id,
+                        code::PLAY_FAILED,
+                        &format!("limit {limit} reached"),
+                    );
+                    return Err(Ended::Refused(limit));
+                }
                 self.session.accept_play(stream_id, &name.key);
                 // The play replies must be queued before the cached frames.
                 self.flush_session(now);
-                if self.playing.is_empty() && self.ctx.player_send_buffer > 0 {
+                if self.playing.is_empty() && self.ctx.limits.player_send_buffer > 0 {
                     // A small kernel buffer keeps a slow player's backlog in our queue, where
                     // the slow-subscriber policy can see it.
-                    if let Err(e) = self.socket.set_send_buffer(self.ctx.player_send_buffer) {
+                    if let Err(e) = self.socket.set_send_buffer(self.ctx.limits.player_send_buffer)
+                    {
                         debug!(error = %e, "could not set the player's send buffer");
                     }
                 }
@@ -375,9 +460,10 @@ impl Connection {
                     stream_id,
                     self.queue.clone(),
                 ));
-                let stream = self.ctx.registry.play(key.clone(), subscriber, now);
-                info!(stream = %key,
-                    live = stream.publisher().is_some(), "play started");
+                // check_play passed a moment ago on this same thread: play cannot be refused.
+                let stream =
+                    self.ctx.registry.play(key.clone(), subscriber, now).map_err(Ended::Refused)?;
+                info!(stream = %key, live = stream.publisher().is_some(), "play started");
                 self.playing.push((stream_id, stream));
             }
             ServerEvent::Media(media) => {

@@ -85,21 +85,36 @@ pub struct ShardCounters {
     pub gop_cache_overflows: Counter,
     /// Protocol errors by kind.
     protocol_errors_by_kind: RefCell<Vec<(&'static str, u64)>>,
+    /// Limits that tripped, by name.
+    limits_tripped: RefCell<Vec<(&'static str, u64)>>,
+}
+
+fn bump(counts: &RefCell<Vec<(&'static str, u64)>>, name: &'static str) {
+    let mut counts = counts.borrow_mut();
+    match counts.iter_mut().find(|(k, _)| *k == name) {
+        Some((_, n)) => *n += 1,
+        None => counts.push((name, 1)),
+    }
 }
 
 impl ShardCounters {
     /// Counts one protocol error of `kind` (also in `protocol_errors`).
     pub fn protocol_error(&self, kind: &'static str) {
         self.protocol_errors.inc();
-        let mut kinds = self.protocol_errors_by_kind.borrow_mut();
-        match kinds.iter_mut().find(|(k, _)| *k == kind) {
-            Some((_, n)) => *n += 1,
-            None => kinds.push((kind, 1)),
-        }
+        bump(&self.protocol_errors_by_kind, kind);
     }
 
     pub fn protocol_errors_by_kind(&self) -> Vec<(&'static str, u64)> {
         self.protocol_errors_by_kind.borrow().clone()
+    }
+
+    /// Counts one trip of the limit `name` (as in `rtmp_relay_limits_tripped_total{limit}`).
+    pub fn limit_tripped(&self, name: &'static str) {
+        bump(&self.limits_tripped, name);
+    }
+
+    pub fn limits_tripped(&self) -> Vec<(&'static str, u64)> {
+        self.limits_tripped.borrow().clone()
     }
 }
 

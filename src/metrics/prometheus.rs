@@ -227,6 +227,9 @@ pub fn render(shards: &[ShardStats]) -> String {
                 shard.protocol_errors.iter().filter(|(k, _)| *k == kind).map(|(_, n)| n).sum(),
             );
         }
+        for (name, count) in &shard.limits {
+            add(name, *count);
+        }
     }
     f.counter("limits_tripped", "Limits that tripped, by name", limits);
 

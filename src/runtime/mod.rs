@@ -24,7 +24,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::conn::{self, ConnContext};
 use crate::metrics::{CountersSnapshot, HttpServer, ShardCounters, ShardStats};
-use crate::stream::{CacheLimits, PeerOutbox, Registry, RelaySettings, ShardMessage, StreamKey};
+use crate::stream::{PeerOutbox, Registry, RelaySettings, ShardMessage, StreamKey};
 
 /// How often a shard looks at control requests and expires waiting players.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
@@ -263,20 +263,6 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
     Ok(handle)
 }
 
-fn relay_settings(config: &Config) -> RelaySettings {
-    RelaySettings {
-        encoder: rtmp_proto::chunk::ChunkEncoder::new(config.out_chunk_size),
-        cache: CacheLimits {
-            max_bytes: config.gop_cache_max_bytes,
-            max_ms: config.gop_cache_max_ms,
-        },
-        soft_lag_ms: config.subscriber_soft_lag_ms,
-        hard_queue_bytes: config.subscriber_hard_limit_bytes,
-        stall: config.subscriber_stall(),
-        republish_wait: config.republish_wait(),
-    }
-}
-
 /// What a shard thread starts from. Its thread index picks its core; its shard id (which
 /// streams it owns, where the others send to it) is its position in the channel mesh, known
 /// only once every shard has joined.
@@ -387,15 +373,19 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
         .map(|peer| Rc::new(PeerOutbox::new(peer, config.mesh_frame_limit)))
         .collect();
     let counters = Rc::new(ShardCounters::default());
-    let registry =
-        Registry::sharded(relay_settings(&config), counters.clone(), shard_id, outboxes.clone());
+    let registry = Registry::sharded(
+        RelaySettings::from_config(&config),
+        counters.clone(),
+        shard_id,
+        outboxes.clone(),
+    );
     let ctx = Rc::new(ConnContext::new(
         shard_id,
         registry,
         counters.clone(),
         config.session_config(),
-        config.handshake_timeout(),
-        config.player_send_buffer_bytes,
+        config.connection_limits(shard_count),
+        config.max_connections.div_ceil(shard_count).max(1),
     ));
     let snapshot = {
         let ctx = ctx.clone();

@@ -67,6 +67,28 @@ pub struct RelaySettings {
     pub stall: Duration,
     /// How long players wait for a publisher that left (or never came).
     pub republish_wait: Duration,
+    /// Most streams (owned and mirrored) on one shard.
+    pub max_streams: usize,
+    /// Most players of one stream on one shard.
+    pub max_subscribers: usize,
+}
+
+impl RelaySettings {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        RelaySettings {
+            encoder: ChunkEncoder::new(config.out_chunk_size),
+            cache: CacheLimits {
+                max_bytes: config.gop_cache_max_bytes,
+                max_ms: config.gop_cache_max_ms,
+            },
+            soft_lag_ms: config.subscriber_soft_lag_ms,
+            hard_queue_bytes: config.subscriber_hard_limit_bytes,
+            stall: config.subscriber_stall(),
+            republish_wait: config.republish_wait(),
+            max_streams: config.max_streams_per_shard,
+            max_subscribers: config.max_subscribers_per_stream,
+        }
+    }
 }
 
 /// Who publishes a stream.
@@ -81,12 +103,15 @@ pub struct PublisherInfo {
 pub enum PublishRefused {
     /// Someone publishes this key already; the first publisher keeps it.
     AlreadyPublishing { by: SocketAddr },
+    /// A limit (named) refuses a new stream.
+    Limit(&'static str),
 }
 
 impl fmt::Display for PublishRefused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PublishRefused::AlreadyPublishing { by } => write!(f, "already published by {by}"),
+            PublishRefused::Limit(limit) => write!(f, "limit {limit} reached"),
         }
     }
 }

@@ -126,9 +126,14 @@ impl Registry {
         &self.outboxes[shard]
     }
 
-    fn get_or_create(&self, key: StreamKey, now: Instant) -> Rc<Stream> {
+    /// The stream of `key`, created if new, unless this shard holds `max_streams` already.
+    fn get_or_create(&self, key: StreamKey, now: Instant) -> Result<Rc<Stream>, &'static str> {
         if let Some(stream) = self.get(&key) {
-            return stream;
+            return Ok(stream);
+        }
+        if self.stream_count() >= self.settings.max_streams {
+            self.counters.limit_tripped("max_streams_per_shard");
+            return Err("max_streams_per_shard");
         }
         let owner = self.owner_of(&key);
         let mirror = owner != self.shard_id;
@@ -151,7 +156,7 @@ impl Registry {
             self.counters.streams.inc();
             self.by_uid.borrow_mut().insert(uid, stream.clone());
         }
-        stream
+        Ok(stream)
     }
 
     /// Makes `publisher` the publisher of `key`, which this shard must own.
@@ -162,7 +167,7 @@ impl Registry {
         now: Instant,
     ) -> Result<Rc<Stream>, PublishRefused> {
         debug_assert!(self.owns(&key), "publish on the owner shard only");
-        let stream = self.get_or_create(key, now);
+        let stream = self.get_or_create(key, now).map_err(PublishRefused::Limit)?;
         if let Err(refused) = stream.start_publishing(publisher, now, &self.settings) {
             self.remove_if_unused(&stream);
             return Err(refused);
@@ -221,14 +226,34 @@ impl Registry {
         self.remove_if_unused(stream);
     }
 
+    /// Whether a player may join `key` now; `Err` names the limit that refuses it (and counts
+    /// it). Checked before the play is answered, so a refused player hears why.
+    pub fn check_play(&self, key: &StreamKey) -> Result<(), &'static str> {
+        let refused = match self.get(key) {
+            Some(stream) if stream.subscriber_count() >= self.settings.max_subscribers => {
+                "max_subscribers_per_stream"
+            }
+            None if self.stream_count() >= self.settings.max_streams => "max_streams_per_shard",
+            _ => return Ok(()),
+        };
+        self.counters.limit_tripped(refused);
+        Err(refused)
+    }
+
     /// Adds a player to `key` and queues the late-join cache to it. On a shard that does not
     /// own `key`, the player joins this shard's mirror (created and subscribed on first use).
-    pub fn play(&self, key: StreamKey, subscriber: Rc<Subscriber>, now: Instant) -> Rc<Stream> {
-        let stream = self.get_or_create(key, now);
+    /// Call [`Self::check_play`] first.
+    pub fn play(
+        &self,
+        key: StreamKey,
+        subscriber: Rc<Subscriber>,
+        now: Instant,
+    ) -> Result<Rc<Stream>, &'static str> {
+        let stream = self.get_or_create(key, now)?;
         stream.add_subscriber(subscriber, now, &self.settings);
         self.counters.plays.inc();
         self.counters.subscribers.inc();
-        stream
+        Ok(stream)
     }
 
     /// Removes a player from `stream`.
@@ -315,6 +340,7 @@ impl Registry {
             shard: self.shard_id,
             counters: self.counters.snapshot(),
             protocol_errors: self.counters.protocol_errors_by_kind(),
+            limits: self.counters.limits_tripped(),
             mesh: self.mesh_counts(),
             streams: self.streams.borrow().values().map(|s| s.stats(self.shard_id, now)).collect(),
         }
@@ -361,7 +387,9 @@ impl Registry {
                 }
             }
             ShardMessage::Subscribe { key, token } => {
-                let stream = self.get_or_create(key.clone(), now);
+                // Over the stream limit, the mirror gets no snapshot: its players wait for a
+                // publisher as long as players wait anywhere, then stop.
+                let Ok(stream) = self.get_or_create(key.clone(), now) else { return };
                 let (publisher, frames) =
                     stream.add_remote(from, self.outbox(from).clone(), &self.settings.encoder);
                 self.outbox(from).push(ShardMessage::Snapshot {
@@ -434,6 +462,8 @@ mod tests {
             hard_queue_bytes: 1 << 24,
             stall: Duration::from_secs(60),
             republish_wait: Duration::from_secs(30),
+            max_streams: 100,
+            max_subscribers: 100,
         }
     }
 
@@ -520,7 +550,7 @@ mod tests {
             pair.shards[0].counters(),
         );
         let remote = player(100, pair.now);
-        let mirror = pair.shards[1].play(key.clone(), remote.clone(), pair.now);
+        let mirror = pair.shards[1].play(key.clone(), remote.clone(), pair.now).unwrap();
         assert!(mirror.is_mirror());
         pair.pump();
         assert!(
@@ -531,7 +561,7 @@ mod tests {
 
         // A second remote player starts from the mirror, without asking the owner.
         let second = player(101, pair.now);
-        pair.shards[1].play(key.clone(), second.clone(), pair.now);
+        pair.shards[1].play(key.clone(), second.clone(), pair.now).unwrap();
         assert_eq!(pair.pump(), 0);
         assert!(second.queue.queued_bytes() > 0);
 
@@ -550,11 +580,11 @@ mod tests {
         let key = pair.key_owned_by(0);
         pair.shards[0].publish(key.clone(), publisher(1), pair.now).unwrap();
         let first = player(100, pair.now);
-        let mirror = pair.shards[1].play(key.clone(), first, pair.now);
+        let mirror = pair.shards[1].play(key.clone(), first, pair.now).unwrap();
         // The player leaves before the owner answers, and another joins at once.
         pair.shards[1].leave(&mirror, 100, 1);
         let second = player(101, pair.now);
-        let mirror = pair.shards[1].play(key.clone(), second.clone(), pair.now);
+        let mirror = pair.shards[1].play(key.clone(), second.clone(), pair.now).unwrap();
         pair.pump();
         assert_eq!(
             mirror.publisher().map(|p| p.conn_id),
