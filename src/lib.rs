@@ -17,6 +17,7 @@
 pub mod config;
 pub mod conn;
 pub mod metrics;
+pub mod record;
 pub mod runtime;
 pub mod stream;
 pub mod telemetry;
