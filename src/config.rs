@@ -20,7 +20,7 @@ pub enum LogFormat {
 /// `ffmpeg -re -i in.mp4 -c copy -f flv rtmp://HOST/live/KEY`, play with
 /// `ffplay rtmp://HOST/live/KEY`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "rtmp-relay", version, about, long_about = None)]
+#[command(name = "rtmp-relay", version, about, long_about = None, args_override_self = true)]
 pub struct Config {
     /// Address to accept RTMP connections on.
     #[arg(long, env = "RTMP_RELAY_LISTEN", default_value = "0.0.0.0:1935")]
@@ -154,9 +154,117 @@ pub struct Config {
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_amf_string_bytes: usize,
 
-    /// Seconds a graceful shutdown waits for connections to flush their last messages.
+    /// Seconds a graceful shutdown waits for connections to flush their last messages and
+    /// for recordings to close.
     #[arg(long, default_value_t = 5)]
     pub shutdown_timeout_secs: u64,
+
+    /// Record every published stream as FLV into this directory (created if missing; its
+    /// parent must exist). Off by default.
+    #[arg(long, env = "RTMP_RELAY_RECORD_DIR")]
+    pub record_dir: Option<std::path::PathBuf>,
+
+    /// Record only streams of these apps (comma-separated); default: every app.
+    #[arg(long, value_delimiter = ',')]
+    pub record_apps: Vec<String>,
+
+    /// Recording file name, relative to --record-dir; `/` makes subdirectories. Placeholders:
+    /// {app}, {key} (without its query), {start} (publish start, UTC, YYYYMMDD-HHMMSS),
+    /// {start_ms} (Unix milliseconds), {segment} (000, 001, ...). Keys are untrusted: one that
+    /// cannot be made a safe file name is relayed but not recorded.
+    #[arg(long, default_value = crate::record::DEFAULT_TEMPLATE)]
+    pub record_template: String,
+
+    /// Start a new recording file at the first keyframe this many seconds into the current one
+    /// (needs {segment} in the template). Default: one file per publish.
+    #[arg(long)]
+    pub record_segment_secs: Option<u32>,
+
+    /// Start a new recording file at the first keyframe once the current one has this many
+    /// bytes (needs {segment} in the template).
+    #[arg(long)]
+    pub record_segment_bytes: Option<u64>,
+
+    /// Milliseconds recorded frames may wait in memory before they are handed to the kernel:
+    /// bounds what a crash (kill -9) loses from the end of a recording.
+    #[arg(long, default_value_t = 1_000)]
+    pub record_flush_ms: u64,
+
+    /// Bytes one recording may hold waiting for the disk before it is stopped (relay goes on).
+    /// Must exceed the largest keyframe.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub record_buffer_bytes: usize,
+
+    /// A TOML file of settings: keys are the long flag names (`listen = "0.0.0.0:1935"`,
+    /// `shards = 8`, `record-dir = "/var/lib/rtmp-relay"`; `_` or `-` alike). Flags given on the
+    /// command line override it.
+    #[arg(long, env = "RTMP_RELAY_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+}
+
+/// A config file that cannot be read or used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Invalid { path: std::path::PathBuf, message: String },
+    #[error(transparent)]
+    Flags(#[from] clap::Error),
+}
+
+impl Config {
+    /// The configuration from the command line and, with `--config FILE`, the TOML file it
+    /// names. The file's settings become flags placed before the command line's, so clap checks
+    /// them exactly like flags (unknown keys and bad values are refused with the key's name)
+    /// and whatever the command line says wins.
+    pub fn load<I, T>(args: I) -> Result<Config, LoadError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let from_flags = Config::try_parse_from(&args)?;
+        let Some(path) = from_flags.config.clone() else { return Ok(from_flags) };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| LoadError::Read { path: path.clone(), source })?;
+        let file_flags = toml_to_flags(&text)
+            .map_err(|message| LoadError::Invalid { path: path.clone(), message })?;
+        let mut merged = Vec::with_capacity(args.len() + file_flags.len());
+        merged.extend(args.first().cloned());
+        merged.extend(file_flags.into_iter().map(Into::into));
+        merged.extend(args.into_iter().skip(1));
+        Ok(Config::try_parse_from(merged)?)
+    }
+}
+
+/// `key = value` pairs of a TOML table as `--key=value` flags (arrays joined with commas,
+/// `true` booleans as bare flags).
+fn toml_to_flags(text: &str) -> Result<Vec<String>, String> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.message().to_owned())?;
+    let mut flags = Vec::with_capacity(table.len());
+    for (key, value) in table {
+        let flag = format!("--{}", key.replace('_', "-"));
+        if flag == "--config" {
+            return Err("a config file cannot name another config file".into());
+        }
+        let scalar = |value: &toml::Value| match value {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Float(f) => Ok(f.to_string()),
+            other => Err(format!("{key}: unsupported value {other}")),
+        };
+        match &value {
+            toml::Value::Boolean(true) => flags.push(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                let items: Result<Vec<String>, String> = items.iter().map(scalar).collect();
+                flags.push(format!("{flag}={}", items?.join(",")));
+            }
+            other => flags.push(format!("{flag}={}", scalar(other)?)),
+        }
+    }
+    Ok(flags)
 }
 
 impl Default for Config {
@@ -180,6 +288,9 @@ impl Config {
                  start one cached GOP behind live",
                 self.subscriber_soft_lag_ms, self.gop_cache_max_ms
             )));
+        }
+        if let Some(record) = self.record_config() {
+            record.validate().map_err(|e| ConfigError(format!("recording: {e}")))?;
         }
         if self.max_message_bytes == 0 || self.max_message_bytes > 0xff_ffff {
             return Err(ConfigError(format!(
@@ -212,6 +323,19 @@ impl Config {
 
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_secs)
+    }
+
+    /// How streams are recorded, if they are (`--record-dir`).
+    pub fn record_config(&self) -> Option<crate::record::RecordConfig> {
+        let dir = self.record_dir.clone()?;
+        Some(crate::record::RecordConfig {
+            template: self.record_template.clone(),
+            segment_secs: self.record_segment_secs,
+            segment_bytes: self.record_segment_bytes,
+            flush_interval: Duration::from_millis(self.record_flush_ms),
+            buffer_bytes: self.record_buffer_bytes,
+            ..crate::record::RecordConfig::new(dir)
+        })
     }
 
     pub fn shutdown_timeout(&self) -> Duration {
@@ -273,5 +397,61 @@ mod tests {
             "2000",
         ]);
         assert!(config.validate().is_err());
+    }
+
+    fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("rtmp-relay-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_config_file_sets_knobs_and_flags_override_it() {
+        let path = temp_file(
+            "ok.toml",
+            "listen = \"127.0.0.1:1936\"\nshards = 3\nno_http = true\n\
+             record-dir = \"/tmp/rec\"\nrecord_apps = [\"live\", \"vod\"]\nmax-amf-depth = 8\n",
+        );
+        let file = path.to_str().unwrap();
+        let config = Config::load(["rtmp-relay", "--config", file, "--shards", "2"]).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:1936".parse().unwrap());
+        assert_eq!(config.shards, Some(2), "the command line wins");
+        assert!(config.no_http);
+        assert_eq!(config.record_dir.as_deref(), Some(std::path::Path::new("/tmp/rec")));
+        assert_eq!(config.record_apps, ["live", "vod"]);
+        assert_eq!(config.max_amf_depth, 8);
+    }
+
+    #[test]
+    fn a_bad_config_file_names_the_problem() {
+        let unknown = temp_file("unknown.toml", "lissen = \"127.0.0.1:1\"\n");
+        let bad_value = temp_file("bad.toml", "shards = \"many\"\n");
+        let not_toml = temp_file("broken.toml", "listen = \n");
+        for (path, needle) in [(&unknown, "lissen"), (&bad_value, "many"), (&not_toml, "")] {
+            let err = Config::load(["rtmp-relay", "--config", path.to_str().unwrap()])
+                .expect_err("refused")
+                .to_string();
+            std::fs::remove_file(path).unwrap();
+            assert!(err.contains(needle), "{err}");
+        }
+        let missing = Config::load(["rtmp-relay", "--config", "/nonexistent/relay.toml"]);
+        assert!(matches!(missing, Err(LoadError::Read { .. })));
+    }
+
+    #[test]
+    fn recording_knobs_are_validated() {
+        let config = Config::parse_from([
+            "rtmp-relay",
+            "--record-dir",
+            "/tmp/rec",
+            "--record-segment-secs",
+            "10",
+            "--record-template",
+            "{app}/{key}.flv",
+        ]);
+        let err = config.validate().expect_err("segments need {segment}").to_string();
+        assert!(err.contains("{segment}"), "{err}");
+        assert!(Config::default().record_config().is_none(), "recording is off by default");
     }
 }

@@ -2,12 +2,20 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use rtmp_relay::config::LoadError;
 use rtmp_relay::{telemetry, Config};
 use tracing::{error, info};
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = match Config::load(std::env::args_os()) {
+        Ok(config) => config,
+        // --help and --version arrive here too: clap prints them and exits 0.
+        Err(LoadError::Flags(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("rtmp-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
     telemetry::init(&config);
     // Block SIGINT/SIGTERM here, before any shard thread exists, so every thread inherits the
     // mask and the signals wait for `sigwait` below instead of killing the process mid-write.
@@ -26,8 +34,15 @@ fn main() -> ExitCode {
         }
     };
     let signal = wait_for(&signals);
-    info!(signal, "shutting down");
+    info!(signal, timeout_secs = config.shutdown_timeout_secs, "shutting down gracefully");
+    // A second signal means "now": an operator who does not want to wait is not made to.
+    std::thread::spawn(move || {
+        let signal = wait_for(&signals);
+        error!(signal, "second signal: exiting at once");
+        std::process::exit(130);
+    });
     server.shutdown();
+    info!("shut down");
     ExitCode::SUCCESS
 }
 

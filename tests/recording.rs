@@ -854,3 +854,152 @@ fn kill_9_child() {
         }
     })
 }
+
+// --- The server records what it relays ---------------------------------------------------------
+
+mod common;
+
+/// Every `.flv` file under `dir`, sorted.
+fn flv_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read record dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "flv") {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Waits for `child` at most `limit`, killing it (and failing) past that.
+fn wait_output(
+    mut child: std::process::Child,
+    what: &str,
+    limit: Duration,
+) -> std::process::Output {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("child output");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("child output");
+    panic!("{what} did not finish within {limit:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// The packets of `path` without their timestamps: (stream, size, md5) per packet. A publish
+/// through RTMP may shift every timestamp by a constant; the bytes must not change.
+fn packet_bodies(path: &Path) -> Vec<String> {
+    packet_hashes(path)
+        .iter()
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            format!("{},{},{}", fields[0], fields[fields.len() - 2], fields[fields.len() - 1])
+        })
+        .collect()
+}
+
+/// ffmpeg publishes the clip (`-re -c copy`) through the shard that does not own the key, to a
+/// server started with a record dir, while an ffmpeg player on the owner decodes it. The
+/// recording holds exactly the published packets, with the right codecs and duration, and the
+/// player is unaffected.
+#[test]
+fn the_server_records_a_publish_while_a_player_watches() {
+    if !ffmpeg_available() {
+        return;
+    }
+    let dir = TestDir::new("server");
+    let server = common::start_server(|c| {
+        c.shards = Some(2);
+        c.debug_shard_listeners = true;
+        c.record_dir = Some(dir.path().to_owned());
+        c.record_flush_ms = 100;
+    });
+    let owner = server.owner_of("live", "recorded");
+    let url_on = |shard: usize| {
+        format!("rtmp://{}/live/recorded", server.shard_addr(shard).expect("shard listener"))
+    };
+    let publisher = Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-v", "error", "-re", "-i"])
+        .arg(source_clip())
+        .args(["-c", "copy", "-f", "flv", &url_on(1 - owner)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ffmpeg publisher");
+    common::eventually("ffmpeg is publishing", || server.counters().publishes == 1);
+    let player = Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-v", "error", "-i", &url_on(owner)])
+        .args(["-f", "framemd5", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ffmpeg player");
+
+    let published = wait_output(publisher, "the publisher", Duration::from_secs(60));
+    assert!(published.status.success(), "{}", String::from_utf8_lossy(&published.stderr));
+    let played = wait_output(player, "the player", Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&played.stderr);
+    assert!(played.status.success() && stderr.trim().is_empty(), "player: {stderr}");
+    let decoded =
+        String::from_utf8_lossy(&played.stdout).lines().filter(|l| !l.starts_with('#')).count();
+    // 4 s at 25 fps plus ~43 AAC frames a second; the player joins a moment after the start.
+    assert!(decoded > 200, "the player decoded {decoded} frames");
+
+    // The publisher left: its recording is finished in the background; a graceful shutdown
+    // waits for it in any case.
+    server.shutdown();
+    let files = flv_files(dir.path());
+    assert_eq!(files.len(), 1, "one publish, one file: {files:?}");
+    assert!(files[0].starts_with(dir.path().join("live")), "{files:?}");
+    let (streams, duration) = probe_streams(&files[0]);
+    assert_eq!(
+        streams,
+        [("audio".to_owned(), "aac".to_owned()), ("video".to_owned(), "h264".to_owned())]
+    );
+    let (_, expected) = probe_streams(source_clip());
+    assert!((duration - expected).abs() <= expected * 0.05, "{duration} s for {expected} s");
+    assert_eq!(packet_bodies(&files[0]), packet_bodies(source_clip()), "recorded packets");
+}
+
+/// A shutdown while a publisher is live closes its recording cleanly: the file ends exactly after
+/// a tag and its `onMetaData` carries the final duration and size.
+#[test]
+fn a_shutdown_mid_publish_closes_the_recording() {
+    let dir = TestDir::new("shutdown");
+    let server = common::start_server(|c| {
+        c.shards = Some(1);
+        c.record_dir = Some(dir.path().to_owned());
+    });
+    let mut publisher = common::Client::connect(server.local_addr(), "live");
+    publisher.publish("cut");
+    publisher.send_metadata();
+    publisher.send_headers();
+    for seq in 0..50u32 {
+        let timestamp = seq * 40;
+        publisher.send(MediaKind::Video, timestamp, &common::video_frame(seq, seq % 25 == 0, 2000));
+        publisher.send(MediaKind::Audio, timestamp, &common::audio_frame(seq));
+    }
+    publisher.flush();
+    common::eventually("the frames arrived", || server.counters().messages_in >= 100);
+    server.shutdown();
+
+    let files = flv_files(dir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let data = std::fs::read(&files[0]).expect("read recording");
+    let (tags, complete) = parse_flv(&data);
+    assert!(complete, "the file ends exactly after a tag");
+    assert_eq!(tags.iter().filter(|t| t.tag_type == 9).count(), 51, "video tags (header + 50)");
+    let (duration, filesize) = metadata_numbers(&tags);
+    assert!((duration - 1.96).abs() < 0.05, "onMetaData duration {duration}");
+    assert_eq!(filesize, data.len() as f64, "onMetaData filesize");
+    publisher.close();
+}

@@ -193,6 +193,37 @@ pub fn render(shards: &[ShardStats]) -> String {
         per_shard(|s| s.counters.republish_wait_expired),
     );
 
+    f.gauge(
+        "recordings_active",
+        "Recordings writing now",
+        per_shard_gauge(|s| s.recording.recordings_active),
+    );
+    f.counter(
+        "recordings_started",
+        "Recordings started (one per recorded publish)",
+        per_shard(|s| s.recording.recordings_started),
+    );
+    f.counter(
+        "recording_files_opened",
+        "Recording files created (segments count one each)",
+        per_shard(|s| s.recording.files_opened),
+    );
+    f.counter(
+        "recording_bytes",
+        "Bytes written to recording files",
+        per_shard(|s| s.recording.recording_bytes),
+    );
+    f.counter(
+        "recording_errors",
+        "Recordings stopped by an error (write failure, full disk, disk too slow)",
+        per_shard(|s| s.recording.recording_errors),
+    );
+    f.counter(
+        "recording_unsafe_keys",
+        "Publishes not recorded because their key cannot be a safe file name",
+        per_shard(|s| s.recording.unsafe_keys_refused),
+    );
+
     let mut errors = Vec::new();
     for shard in shards {
         for (kind, count) in &shard.protocol_errors {

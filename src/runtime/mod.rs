@@ -441,7 +441,7 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
             }
         }
     };
-    let _test_accept = test_listener.map(|l| glommio::spawn_local(accept_loop(l)));
+    let test_accept = test_listener.map(|l| glommio::spawn_local(accept_loop(l)));
     let housekeeping = {
         let ctx = ctx.clone();
         async move {
@@ -462,4 +462,28 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
         }
     };
     accept_loop(listener).or(housekeeping).await;
+    drop(test_accept);
+    shut_down_gracefully(&ctx, config.shutdown_timeout()).await;
+}
+
+/// After the shutdown request, with no listener accepting any more: every publish ends as if its
+/// publisher left (players get StreamEOF + UnpublishNotify; recordings are finished), every
+/// connection writes what it has queued and closes, and the shard waits for that and for the
+/// recordings' files to close, at most `timeout`. What is still open then is dropped with the
+/// executor.
+async fn shut_down_gracefully(ctx: &ConnContext, timeout: Duration) {
+    ctx.registry.shutdown(Instant::now());
+    ctx.close_all();
+    let deadline = Instant::now() + timeout;
+    let busy = || ctx.open_connections() > 0 || ctx.registry.recordings_closing() > 0;
+    while busy() && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    if busy() {
+        warn!(
+            connections = ctx.open_connections(),
+            recordings = ctx.registry.recordings_closing(),
+            "shutdown timeout: closing what is left"
+        );
+    }
 }

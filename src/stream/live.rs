@@ -25,6 +25,7 @@ use super::subscriber::Subscriber;
 use super::{PublishRefused, PublisherInfo, RelaySettings, StreamKey};
 use crate::metrics::stats::{AudioStats, PublisherStats, StreamStats, SubscriberStats, VideoStats};
 use crate::metrics::ShardCounters;
+use crate::record::Recorder;
 
 /// What a stream knows about its codecs, from the sequence headers.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -64,6 +65,8 @@ struct StreamState {
     /// When the current publisher started.
     published_at: Option<Instant>,
     rates: Rates,
+    /// The current publish's recording (owner only, when recording is on).
+    recorder: Option<Recorder>,
 }
 
 /// Ingress bitrate and frame rate, measured over the last tick (about a second).
@@ -115,6 +118,7 @@ impl Stream {
                 video_frames: 0,
                 published_at: None,
                 rates: Rates::default(),
+                recorder: None,
             }),
             wait: Rc::new(WaitStats::default()),
         }
@@ -229,6 +233,9 @@ impl Stream {
             state.video_frames += 1;
         }
         self.detect_codec(&mut state.codecs, &frame);
+        if let Some(recorder) = state.recorder.as_mut() {
+            recorder.write(&frame);
+        }
         let overflows = state.cache.overflows();
         state.cache.on_frame(&frame);
         if state.cache.overflows() != overflows {
@@ -331,6 +338,16 @@ impl Stream {
                 .push(ShardMessage::Published { uid: self.uid(), publisher: publisher.clone() });
         }
         Ok(())
+    }
+
+    /// Records the current publish from now on.
+    pub(super) fn set_recorder(&self, recorder: Recorder) {
+        self.state.borrow_mut().recorder = Some(recorder);
+    }
+
+    /// The current publish's recording, taken away to be finished.
+    pub(super) fn take_recorder(&self) -> Option<Recorder> {
+        self.state.borrow_mut().recorder.take()
     }
 
     /// The publisher left: players get StreamEOF + UnpublishNotify and wait for a republish.

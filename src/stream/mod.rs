@@ -22,9 +22,12 @@ mod subscriber;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 use rtmp_proto::chunk::ChunkEncoder;
+
+use crate::record::RecordConfig;
 
 pub use cache::{CacheLimits, LateJoinCache};
 pub use frame::{Frame, FrameClass, PLAY_STREAM_ID};
@@ -71,6 +74,9 @@ pub struct RelaySettings {
     pub max_streams: usize,
     /// Most players of one stream on one shard.
     pub max_subscribers: usize,
+    /// Recording, when on: how, and the apps recorded (empty: every app).
+    pub record: Option<Rc<RecordConfig>>,
+    pub record_apps: Rc<[String]>,
 }
 
 impl RelaySettings {
@@ -87,7 +93,15 @@ impl RelaySettings {
             republish_wait: config.republish_wait(),
             max_streams: config.max_streams_per_shard,
             max_subscribers: config.max_subscribers_per_stream,
+            record: config.record_config().map(Rc::new),
+            record_apps: config.record_apps.clone().into(),
         }
+    }
+
+    /// Whether streams of `app` are recorded.
+    pub fn records(&self, app: &str) -> bool {
+        self.record.is_some()
+            && (self.record_apps.is_empty() || self.record_apps.iter().any(|a| a == app))
     }
 }
 

@@ -8,10 +8,10 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use rtmp_proto::session::Media;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::frame::Frame;
 use super::live::{notify_all, Stream};
@@ -19,6 +19,7 @@ use super::shard::{owner_of, PeerOutbox, PublishWaiter, ShardMessage};
 use super::subscriber::Subscriber;
 use super::{CloseReason, PublishRefused, PublisherInfo, RelaySettings, StreamKey};
 use crate::metrics::{Counter, ShardCounters, ShardStats};
+use crate::record::{RecordCounters, RecordError, Recorder};
 
 /// The streams of one shard.
 #[derive(Debug)]
@@ -40,6 +41,9 @@ pub struct Registry {
     next_token: Cell<u64>,
     settings: RelaySettings,
     counters: Rc<ShardCounters>,
+    record_counters: Rc<RecordCounters>,
+    /// Recordings finishing in the background (their files not yet closed).
+    recordings_closing: Rc<Cell<usize>>,
 }
 
 impl Registry {
@@ -71,6 +75,8 @@ impl Registry {
             next_token: Cell::new(0),
             settings,
             counters,
+            record_counters: Rc::default(),
+            recordings_closing: Rc::default(),
         }
     }
 
@@ -174,7 +180,60 @@ impl Registry {
         }
         self.counters.publishes.inc();
         self.counters.publishers.inc();
+        self.start_recording(&stream);
         Ok(stream)
+    }
+
+    /// Starts recording a publish that just started, if its app is recorded. A key that cannot
+    /// be a safe file name is logged and counted by `Recorder::start`; the stream is relayed
+    /// either way.
+    fn start_recording(&self, stream: &Stream) {
+        let Some(config) = self.settings.record.as_ref() else { return };
+        if !self.settings.records(&stream.key.app) {
+            return;
+        }
+        let started = Recorder::start(
+            config.clone(),
+            self.record_counters.clone(),
+            &stream.key.app,
+            &stream.key.name,
+            SystemTime::now(),
+        );
+        match started {
+            Ok(recorder) => stream.set_recorder(recorder),
+            Err(RecordError::UnsafeKey(_)) => {}
+            Err(e) => warn!(stream = %stream.key, error = %e, "recording not started"),
+        }
+    }
+
+    /// Finishes the recording of a publish that ended: the writer task writes what is queued,
+    /// fixes up `onMetaData` and closes the file in the background.
+    fn finish_recording(&self, stream: &Stream) {
+        let Some(recorder) = stream.take_recorder() else { return };
+        let closing = self.recordings_closing.clone();
+        closing.set(closing.get() + 1);
+        glommio::spawn_local(async move {
+            // The writer task logs the outcome (file, bytes, or the error).
+            let _ = recorder.finish().await;
+            closing.set(closing.get() - 1);
+        })
+        .detach();
+    }
+
+    /// Recordings whose files are still being closed.
+    pub fn recordings_closing(&self) -> usize {
+        self.recordings_closing.get()
+    }
+
+    /// Shutdown: every publish on this shard ends as if its publisher left (players get
+    /// StreamEOF + UnpublishNotify, recordings are finished). Mirrors tell their own players.
+    pub fn shutdown(&self, now: Instant) {
+        for stream in self.streams() {
+            if stream.stop_publishing(None, now, &self.settings) && !stream.is_mirror() {
+                self.counters.publishers.dec();
+            }
+            self.finish_recording(&stream);
+        }
     }
 
     /// Asks the owner of `key` (another shard) to accept `publisher`; the answer arrives
@@ -222,6 +281,7 @@ impl Registry {
     pub fn unpublish(&self, stream: &Rc<Stream>, conn_id: u64, now: Instant) {
         if stream.stop_publishing(Some(conn_id), now, &self.settings) {
             self.counters.publishers.dec();
+            self.finish_recording(stream);
         }
         self.remove_if_unused(stream);
     }
@@ -341,6 +401,7 @@ impl Registry {
             counters: self.counters.snapshot(),
             protocol_errors: self.counters.protocol_errors_by_kind(),
             limits: self.counters.limits_tripped(),
+            recording: self.record_counters.snapshot(),
             mesh: self.mesh_counts(),
             streams: self.streams.borrow().values().map(|s| s.stats(self.shard_id, now)).collect(),
         }
@@ -464,6 +525,8 @@ mod tests {
             republish_wait: Duration::from_secs(30),
             max_streams: 100,
             max_subscribers: 100,
+            record: None,
+            record_apps: Rc::from([]),
         }
     }
 
