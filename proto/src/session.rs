@@ -669,14 +669,12 @@ impl ServerSession {
     }
 
     /// Accepts a play request: StreamBegin, Play.Reset, Play.Start, |RtmpSampleAccess. The
-    /// caller then queues the stream's metadata, sequence headers and GOP.
+    /// caller then queues the stream's metadata, sequence headers and GOP. No StreamIsRecorded:
+    /// a live stream is not a recording, and players that see it may offer seeking.
     pub fn accept_play(&mut self, stream_id: u32, key: &str) {
         if let Some(stream) = self.stream_mut(stream_id) {
             stream.role = StreamRole::Playing;
         }
-        self.transport.send_control(ControlMessage::UserControl(
-            UserControlEvent::StreamIsRecorded(stream_id),
-        ));
         self.transport
             .send_control(ControlMessage::UserControl(UserControlEvent::StreamBegin(stream_id)));
         let reset = command::on_status(

@@ -465,7 +465,6 @@ fn play_flow(digest: bool, fragment: usize) {
     assert_eq!(
         pair.client_events(),
         [
-            ClientEvent::UserControl(UserControlEvent::StreamIsRecorded(1)),
             ClientEvent::UserControl(UserControlEvent::StreamBegin(1)),
             status(1, level::STATUS, code::PLAY_RESET, "Playing and resetting cam."),
             status(1, level::STATUS, code::PLAY_START, "Started playing cam."),
