@@ -216,6 +216,47 @@ fn ten_concurrent_streams_never_mix() {
 }
 
 #[test]
+fn the_same_key_in_two_apps_is_two_streams() {
+    let server = start_server(|_| {});
+    let mut live = Client::connect(server.local_addr(), "live");
+    assert_eq!(live.publish("cam"), "NetStream.Publish.Start");
+    // Not a duplicate publisher: another app is another namespace.
+    let mut backup = Client::connect(server.local_addr(), "backup");
+    assert_eq!(backup.publish("cam"), "NetStream.Publish.Start");
+    let mut live_player = Client::connect(server.local_addr(), "live");
+    live_player.play("cam");
+    let mut backup_player = Client::connect(server.local_addr(), "backup");
+    backup_player.play("cam");
+    let live_sent = publish_frames(&mut live, 0, 20);
+    let backup_sent = publish_frames(&mut backup, 5000, 20);
+    assert_same(&live_only(live_player.media(21, WAIT)), &live_sent);
+    assert_same(&live_only(backup_player.media(21, WAIT)), &backup_sent);
+}
+
+#[test]
+fn a_clean_unpublish_notifies_players_like_a_disconnect() {
+    let server = start_server(|_| {});
+    let mut publisher = Client::connect(server.local_addr(), "live");
+    publisher.publish("clean");
+    let mut player = Client::connect(server.local_addr(), "live");
+    player.play("clean");
+    publisher.send_headers();
+    publish_frames(&mut publisher, 0, 5);
+    player.media(7, WAIT);
+
+    // deleteStream with the connection still open, as ffmpeg and OBS do when they stop.
+    publisher.delete_stream();
+    let events = player.expect(
+        |e| Client::status_code(e) == Some("NetStream.Play.UnpublishNotify"),
+        "UnpublishNotify",
+    );
+    assert!(events.iter().any(Client::is_stream_eof), "StreamEOF before the notify");
+    eventually("the publisher is gone", || server.counters().publishers == 0);
+    // The key is free again: the same connection may publish anew.
+    assert_eq!(publisher.publish("clean"), "NetStream.Publish.Start");
+}
+
+#[test]
 fn a_player_that_stops_reading_does_not_delay_the_others() {
     // A small hard limit so the stalled player is cut off quickly and memory stays bounded.
     let server = start_server(|c| {

@@ -222,6 +222,13 @@ impl Client {
         }
     }
 
+    /// deleteStream on the stream this client publishes or plays: a clean end, as ffmpeg and
+    /// OBS do when they stop.
+    pub fn delete_stream(&mut self) {
+        self.session.delete_stream(self.stream_id);
+        self.flush();
+    }
+
     /// createStream + play; waits for Play.Start.
     pub fn play(&mut self, key: &str) {
         self.stream_id = self.create_stream();
