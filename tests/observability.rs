@@ -91,6 +91,10 @@ fn counters_equal_what_was_sent_and_return_to_zero() {
     assert_eq!(m.sum("rtmp_relay_stream_messages_in_total", &stream), 50.0);
     assert_eq!(m.sum("rtmp_relay_stream_bytes_in_total", &stream), bytes as f64);
     assert_eq!(m.sum("rtmp_relay_stream_subscribers", &stream), 3.0);
+    assert_eq!(m.sum("rtmp_relay_stream_messages_out_total", &stream), 150.0);
+    assert_eq!(m.sum("rtmp_relay_stream_bytes_out_total", &stream), 3.0 * bytes as f64);
+    assert_eq!(m.sum("rtmp_relay_stream_skip_to_keyframe_total", &stream), 0.0);
+    assert_eq!(m.sum("rtmp_relay_stream_slow_subscriber_disconnects_total", &stream), 0.0);
     let wait_max =
         m.sum("rtmp_relay_stream_viewer_wait_seconds", &[("stream", "metered"), ("quantile", "1")]);
     assert!(wait_max > 0.0 && wait_max < 5.0, "viewer wait max {wait_max}");
@@ -188,11 +192,18 @@ fn a_slow_player_shows_in_drops_and_lag() {
     for seq in 0..300u32 {
         publisher.send(MediaKind::Video, seq * 33, &video_frame(seq, seq % 30 == 0, 100_000));
     }
+    let stream = [("app", "live"), ("stream", "slowpoke")];
     eventually("the stalled player is skipping", || {
         let m = Metrics::scrape(http);
-        m.sum("rtmp_relay_stream_messages_dropped_total", &[("stream", "slowpoke")]) > 0.0
+        m.sum("rtmp_relay_stream_messages_dropped_total", &stream) > 0.0
             && m.sum("rtmp_relay_skip_to_keyframe_total", &[]) >= 1.0
+            && m.sum("rtmp_relay_stream_skip_to_keyframe_total", &stream) >= 1.0
     });
+    let m = Metrics::scrape(http);
+    let queued_max = m.sum("rtmp_relay_stream_player_queued_bytes_max", &stream);
+    assert!(queued_max > 0.0, "the stalled player's queue shows");
+    // One player: the sum over players is that player's queue.
+    assert_eq!(m.sum("rtmp_relay_stream_players_queued_bytes", &stream), queued_max);
     let (_, body) = get(http, "/api/streams/live/slowpoke");
     let json: Value = serde_json::from_str(&body).expect("JSON");
     let subscriber = &json["subscribers"][0];
@@ -203,4 +214,85 @@ fn a_slow_player_shows_in_drops_and_lag() {
         "behind live by more than the soft lag: {subscriber}"
     );
     stalled.close();
+}
+
+/// Two shards, placed deterministically with the per-shard test listeners.
+fn two_placed_shards() -> rtmp_relay::ServerHandle {
+    start_server(|c| {
+        c.shards = Some(2);
+        c.debug_shard_listeners = true;
+    })
+}
+
+#[test]
+fn stream_out_counters_keep_what_players_who_left_were_sent() {
+    let server = two_placed_shards();
+    let http = server.http_addr().expect("control plane runs");
+    let key = (0..)
+        .map(|i| format!("kept{i}"))
+        .find(|k| server.owner_of("live", k) == 0)
+        .expect("some key hashes to shard 0");
+    let on_shard = |shard| server.shard_addr(shard).expect("debug shard listeners are on");
+    let mut publisher = Client::connect(on_shard(0), "live");
+    publisher.publish(&key);
+    let mut local = Client::connect(on_shard(0), "live");
+    local.play(&key);
+    let mut remote = Client::connect(on_shard(1), "live");
+    remote.play(&key);
+    eventually("shard 1 mirrors the stream", || server.counters().mirrors == 1);
+    let mut bytes = 0u64;
+    for seq in 0..20u32 {
+        let payload = video_frame(seq, seq == 0, 800);
+        bytes += payload.len() as u64;
+        publisher.send(MediaKind::Video, seq * 40, &payload);
+    }
+    assert_eq!(local.media(20, WAIT).len(), 20);
+    assert_eq!(remote.media(20, WAIT).len(), 20);
+    let stream = [("app", "live"), ("stream", key.as_str())];
+    let out = |m: &Metrics| {
+        (
+            m.sum("rtmp_relay_stream_messages_out_total", &stream),
+            m.sum("rtmp_relay_stream_bytes_out_total", &stream),
+        )
+    };
+    assert_eq!(out(&Metrics::scrape(http)), (40.0, 2.0 * bytes as f64));
+
+    // The mirror goes away with its only player: the owner keeps what it delivered.
+    remote.close();
+    eventually("the mirror is gone", || server.counters().mirrors == 0);
+    assert_eq!(out(&Metrics::scrape(http)), (40.0, 2.0 * bytes as f64), "after the mirror left");
+    // A local player leaves: the stream keeps what it was sent.
+    local.close();
+    eventually("no players left", || server.counters().subscribers == 0);
+    let m = Metrics::scrape(http);
+    assert_eq!(m.sum("rtmp_relay_stream_subscribers", &stream), 0.0);
+    assert_eq!(out(&m), (40.0, 2.0 * bytes as f64), "after every player left");
+    publisher.close();
+}
+
+#[test]
+fn a_disconnected_slow_player_is_counted_on_its_stream() {
+    let server = start_server(|c| {
+        c.shards = Some(1);
+        c.subscriber_hard_limit_bytes = 1024 * 1024;
+        // Far behind before it skips, so its queue reaches the hard limit quickly.
+        c.subscriber_soft_lag_ms = 600_000;
+    });
+    let http = server.http_addr().expect("control plane runs");
+    let mut publisher = Client::connect(server.local_addr(), "live");
+    publisher.publish("cutoff");
+    let mut stalled = Client::connect(server.local_addr(), "live");
+    stalled.play("cutoff");
+    let stream = [("app", "live"), ("stream", "cutoff")];
+    for seq in 0..300u32 {
+        publisher.send(MediaKind::Video, seq * 33, &video_frame(seq, seq % 30 == 0, 100_000));
+    }
+    assert!(stalled.wait_closed(WAIT), "the stalled player is cut off");
+    eventually("the player is gone from the stream", || server.counters().subscribers == 0);
+    let m = Metrics::scrape(http);
+    assert_eq!(m.sum("rtmp_relay_stream_subscribers", &stream), 0.0);
+    assert_eq!(m.sum("rtmp_relay_stream_slow_subscriber_disconnects_total", &stream), 1.0);
+    assert!(m.sum("rtmp_relay_stream_messages_out_total", &stream) > 0.0);
+    assert_eq!(m.sum("rtmp_relay_stream_players_queued_bytes", &stream), 0.0);
+    publisher.close();
 }

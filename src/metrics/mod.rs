@@ -12,7 +12,7 @@ use std::cell::{Cell, RefCell};
 
 pub use http::{serve as serve_http, HttpError, HttpServer};
 pub use prometheus::render as render_prometheus;
-pub use stats::{ShardStats, StreamStats, SubscriberStats};
+pub use stats::{DeliveryTotals, ShardStats, StreamStats, SubscriberStats};
 
 /// A monotonically increasing shard-local counter.
 #[derive(Debug, Default)]

@@ -11,7 +11,7 @@ use tracing::warn;
 use super::frame::{Frame, FrameClass, PLAY_STREAM_ID};
 use super::queue::{CloseReason, OutQueue};
 use super::RelaySettings;
-use crate::metrics::ShardCounters;
+use crate::metrics::{DeliveryTotals, ShardCounters};
 
 /// One player of one stream.
 #[derive(Debug)]
@@ -25,7 +25,22 @@ pub struct Subscriber {
     /// resumed from pause).
     pub(super) skipping: Cell<bool>,
     paused: Cell<bool>,
+    delivery: Delivery,
+}
+
+/// This player's share of its stream's out counters: plain `Cell`s, bumped on the shard that
+/// serves the player and read only when someone scrapes.
+#[derive(Debug, Default)]
+struct Delivery {
+    messages_out: Cell<u64>,
+    bytes_out: Cell<u64>,
     dropped: Cell<u64>,
+    skip_to_keyframe: Cell<u64>,
+    slow_subscriber_disconnects: Cell<u64>,
+}
+
+fn bump(cell: &Cell<u64>, n: u64) {
+    cell.set(cell.get().wrapping_add(n));
 }
 
 impl Subscriber {
@@ -37,13 +52,25 @@ impl Subscriber {
             queue,
             skipping: Cell::new(false),
             paused: Cell::new(false),
-            dropped: Cell::new(0),
+            delivery: Delivery::default(),
         }
     }
 
     /// Frames this subscriber skipped.
     pub fn dropped(&self) -> u64 {
-        self.dropped.get()
+        self.delivery.dropped.get()
+    }
+
+    /// What this subscriber was sent and lost so far.
+    pub fn delivery(&self) -> DeliveryTotals {
+        let d = &self.delivery;
+        DeliveryTotals {
+            messages_out: d.messages_out.get(),
+            bytes_out: d.bytes_out.get(),
+            dropped: d.dropped.get(),
+            skip_to_keyframe: d.skip_to_keyframe.get(),
+            slow_subscriber_disconnects: d.slow_subscriber_disconnects.get(),
+        }
     }
 
     /// Pause stops video and audio; unpause resumes at the next keyframe.
@@ -107,6 +134,7 @@ impl Subscriber {
             } else if behind {
                 self.skipping.set(true);
                 counters.skip_to_keyframe.inc();
+                bump(&self.delivery.skip_to_keyframe, 1);
                 warn!(
                     peer = %self.peer,
                     conn = self.conn_id,
@@ -120,16 +148,19 @@ impl Subscriber {
         }
         counters.messages_relayed.inc();
         counters.bytes_relayed.add(frame.len() as u64);
+        bump(&self.delivery.messages_out, 1);
+        bump(&self.delivery.bytes_out, frame.len() as u64);
         self.push_frame(frame, now, settings);
     }
 
     fn drop_frame(&self, counters: &ShardCounters) {
-        self.dropped.set(self.dropped.get() + 1);
+        bump(&self.delivery.dropped, 1);
         counters.messages_dropped.inc();
     }
 
     fn disconnect(&self, reason: CloseReason, counters: &ShardCounters) {
         counters.slow_subscriber_disconnects.inc();
+        bump(&self.delivery.slow_subscriber_disconnects, 1);
         warn!(
             peer = %self.peer,
             conn = self.conn_id,
