@@ -296,3 +296,36 @@ fn a_disconnected_slow_player_is_counted_on_its_stream() {
     assert_eq!(m.sum("rtmp_relay_stream_players_queued_bytes", &stream), 0.0);
     publisher.close();
 }
+
+#[test]
+fn connections_by_state_follow_each_connection_and_return_to_zero() {
+    let server = start_server(|c| c.shards = Some(2));
+    let http = server.http_addr().expect("control plane runs");
+    // (handshake, connected, publishing, playing), summed over the shards, and whether they add
+    // up to the open connections.
+    let states = || {
+        let m = Metrics::scrape(http);
+        let states = ["handshake", "connected", "publishing", "playing"]
+            .map(|state| m.sum("rtmp_relay_connections", &[("state", state)]));
+        let open = m.sum("rtmp_relay_connections_open", &[]);
+        (states, states.iter().sum::<f64>() == open)
+    };
+    assert_eq!(states(), ([0.0; 4], true));
+
+    // Connected at the TCP level but silent: still in the handshake.
+    let silent = TcpStream::connect(server.local_addr()).expect("tcp connect");
+    eventually("one connection in the handshake", || states() == ([1.0, 0.0, 0.0, 0.0], true));
+    let idle = Client::connect(server.local_addr(), "live");
+    let mut publisher = Client::connect(server.local_addr(), "live");
+    publisher.publish("stately");
+    let mut player = Client::connect(server.local_addr(), "live");
+    player.play("stately");
+    eventually("one connection in each state", || states() == ([1.0; 4], true));
+
+    player.close();
+    eventually("the player is gone", || states() == ([1.0, 1.0, 1.0, 0.0], true));
+    drop(silent);
+    idle.close();
+    publisher.close();
+    eventually("every state back to zero", || states() == ([0.0; 4], true));
+}

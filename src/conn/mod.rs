@@ -35,7 +35,7 @@ use tracing::{debug, info, info_span, warn, Instrument, Span};
 pub use limits::{Admission, ConnLimits, IpTable, Refusal};
 pub use socket::Socket;
 
-use crate::metrics::ShardCounters;
+use crate::metrics::{ConnState, ShardCounters};
 use crate::stream::{
     CloseReason, OutQueue, PublishRefused, PublishWaiter, PublisherInfo, Registry, Stream,
     StreamKey, Subscriber,
@@ -139,6 +139,35 @@ impl ConnContext {
     }
 }
 
+/// This connection's place in `rtmp_relay_connections{state}`: one count in exactly one state
+/// while the connection is open. Dropping it takes the count away, so the gauges return to zero
+/// however the connection ends.
+struct StateGauge {
+    counters: Rc<ShardCounters>,
+    state: Cell<ConnState>,
+}
+
+impl StateGauge {
+    fn new(counters: Rc<ShardCounters>) -> Self {
+        counters.connections_in(ConnState::Handshake).inc();
+        Self { counters, state: Cell::new(ConnState::Handshake) }
+    }
+
+    fn set(&self, state: ConnState) {
+        let old = self.state.replace(state);
+        if old != state {
+            self.counters.connections_in(old).dec();
+            self.counters.connections_in(state).inc();
+        }
+    }
+}
+
+impl Drop for StateGauge {
+    fn drop(&mut self) {
+        self.counters.connections_in(self.state.get()).dec();
+    }
+}
+
 /// Why a connection ended, for the close log line and the counters.
 #[derive(Debug)]
 enum Ended {
@@ -197,6 +226,7 @@ async fn serve_connection(ctx: Rc<ConnContext>, stream: TcpStream, conn_id: u64,
         debug!(error = %e, "could not set TCP_NODELAY");
     }
     ctx.counters.connections_open.inc();
+    let state = StateGauge::new(ctx.counters.clone());
     info!("connection opened");
 
     let socket = Rc::new(Socket::new(stream));
@@ -225,11 +255,14 @@ async fn serve_connection(ctx: Rc<ConnContext>, stream: TcpStream, conn_id: u64,
         playing: Vec::new(),
         pending_publish: None,
         admission,
+        state,
     };
     let ended = conn.run().await;
     // A refusal or a last reply written just before the end still goes out.
     conn.flush_session(Instant::now());
     conn.cleanup();
+    // While its last replies flush it neither publishes nor plays any more.
+    conn.sync_state();
     ctx.open.borrow_mut().remove(&conn_id);
 
     match &ended {
@@ -290,6 +323,8 @@ struct Connection {
     pending_publish: Option<PendingPublish>,
     /// This connection's place in the per-IP counts.
     admission: Admission,
+    /// This connection's place in the connections-by-state gauges.
+    state: StateGauge,
 }
 
 /// Where a publisher's media goes.
@@ -313,6 +348,9 @@ impl Connection {
         let handshake_deadline = Instant::now() + limits.handshake;
         let mut connected_at = None;
         loop {
+            // Only await points let a scrape in (the shard runs one task at a time), so the
+            // state is brought up to date before each.
+            self.sync_state();
             let read_size = if self.publishing.is_empty() { SMALL_READ } else { LARGE_READ };
             let filled = input.len();
             input.resize(filled + read_size, 0);
@@ -363,6 +401,7 @@ impl Connection {
                 return ended;
             }
             while let Some(pending) = self.pending_publish.take() {
+                self.sync_state();
                 if let Err(ended) = self.finish_remote_publish(pending).await {
                     return ended;
                 }
@@ -398,6 +437,20 @@ impl Connection {
                 return Ok(());
             }
         }
+    }
+
+    /// Where the connection is now: a publisher that also plays counts as publishing.
+    fn sync_state(&self) {
+        let state = if self.session.app().is_none() {
+            ConnState::Handshake
+        } else if !self.publishing.is_empty() {
+            ConnState::Publishing
+        } else if !self.playing.is_empty() {
+            ConnState::Playing
+        } else {
+            ConnState::Connected
+        };
+        self.state.set(state);
     }
 
     fn flush_session(&mut self, now: Instant) {

@@ -15,6 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::stats::{DeliveryTotals, ShardStats, StreamStats};
+use super::ConnState;
 
 type Labels = Vec<(String, String)>;
 
@@ -139,6 +140,21 @@ pub fn render(shards: &[ShardStats]) -> String {
         "connections_open",
         "Open RTMP connections",
         per_shard_gauge(|s| s.counters.connections_open),
+    );
+    let mut by_state = Vec::new();
+    for shard in shards {
+        for (state, count) in ConnState::ALL.iter().zip(shard.counters.connections_by_state) {
+            by_state.push((
+                labels(&[("shard", shard.shard.to_string()), ("state", state.as_str().to_owned())]),
+                count,
+            ));
+        }
+    }
+    f.gauge(
+        "connections",
+        "Open RTMP connections by state: handshake (not yet connected to an app), connected \
+         (neither publishing nor playing), publishing, playing",
+        by_state,
     );
     f.counter(
         "connections_accepted",
