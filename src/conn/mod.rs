@@ -40,6 +40,7 @@ use crate::stream::{
     CloseReason, OutQueue, PublishRefused, PublishWaiter, PublisherInfo, Registry, Stream,
     StreamKey, Subscriber,
 };
+use crate::telemetry::LogLimiter;
 
 /// Bytes asked of the kernel per read while playing or idle: players send little.
 const SMALL_READ: usize = 4 * 1024;
@@ -68,8 +69,9 @@ pub struct ConnContext {
     pub epoch: Instant,
     /// Every open connection's queue, so a shutdown can close them all.
     open: RefCell<HashMap<u64, Rc<OutQueue>>>,
-    /// When a refused connection was last logged: floods are logged once a second.
-    last_refusal_log: Cell<Option<Instant>>,
+    /// Refused connections come in floods (that is what the limits are for): one line a
+    /// second, saying how many went unlogged.
+    refusal_log: LogLimiter,
     next_conn_id: Cell<u64>,
     rng: Cell<u64>,
 }
@@ -97,7 +99,7 @@ impl ConnContext {
             ip_table: Rc::default(),
             epoch,
             open: RefCell::new(HashMap::new()),
-            last_refusal_log: Cell::new(None),
+            refusal_log: LogLimiter::new(Duration::from_secs(1)),
             // Connection ids are unique across shards: the shard id is in the top bits.
             next_conn_id: Cell::new((shard_id as u64) << 48),
             rng: Cell::new(seed ^ (shard_id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
@@ -209,13 +211,10 @@ async fn serve_connection(ctx: Rc<ConnContext>, stream: TcpStream, conn_id: u64,
         Ok(admission) => admission,
         Err(refusal) => {
             ctx.counters.limit_tripped(refusal.limit());
-            let now = Instant::now();
-            let quiet =
-                ctx.last_refusal_log.get().is_some_and(|t| now - t < Duration::from_secs(1));
-            if !quiet {
-                ctx.last_refusal_log.set(Some(now));
+            if let Some(not_logged) = ctx.refusal_log.check(Instant::now()) {
                 warn!(
                     limit = refusal.limit(),
+                    refusals_not_logged = not_logged,
                     "connection refused (further refusals this second not logged)"
                 );
             }

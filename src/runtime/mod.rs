@@ -25,9 +25,12 @@ use crate::config::Config;
 use crate::conn::{self, ConnContext};
 use crate::metrics::{CountersSnapshot, HttpServer, ShardCounters, ShardStats};
 use crate::stream::{PeerOutbox, Registry, RelaySettings, ShardMessage, StreamKey};
+use crate::telemetry::LogLimiter;
 
 /// How often a shard looks at control requests and expires waiting players.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
+/// At most one "accept failed" line per listener per this interval.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Messages in flight per ordered pair of shards. Frames wait in the sender's outbox beyond
 /// this, where the skip-to-keyframe policy applies.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
@@ -425,6 +428,9 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
     let accept_loop = |listener: TcpListener| {
         let ctx = ctx.clone();
         async move {
+            // Clients can run the process out of file descriptors at will; one line per
+            // interval, not one per failed accept.
+            let error_log = LogLimiter::new(ACCEPT_ERROR_LOG_INTERVAL);
             loop {
                 match listener.accept().await {
                     Ok(stream) => {
@@ -434,7 +440,10 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
                         // EMFILE/ENFILE and friends: keep serving the connections we have and
                         // try again shortly instead of spinning or dying.
                         ctx.counters.accept_errors.inc();
-                        warn!(shard = shard_id, error = %e, "accept failed");
+                        if let Some(not_logged) = error_log.check(Instant::now()) {
+                            warn!(shard = shard_id, error = %e, errors_not_logged = not_logged,
+                                "accept failed");
+                        }
                         glommio::timer::sleep(Duration::from_millis(50)).await;
                     }
                 }
