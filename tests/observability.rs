@@ -1,11 +1,14 @@
 //! The HTTP control plane: exact counters after a known publish/play, a slow player visible in
 //! drops and lag, gauges back to zero, documented JSON fields, valid Prometheus exposition.
+//! And the logs of the real binary: JSON lines whose spans say which shard and connection.
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use common::*;
 use rtmp_proto::session::MediaKind;
@@ -328,4 +331,104 @@ fn connections_by_state_follow_each_connection_and_return_to_zero() {
     idle.close();
     publisher.close();
     eventually("every state back to zero", || states() == ([0.0; 4], true));
+}
+
+/// The real binary logging JSON to stdout, killed when dropped. Every stdout line goes through
+/// a channel: `Ok` when it parses as JSON, `Err` with the line when it does not.
+struct JsonRelay {
+    child: Child,
+    addr: SocketAddr,
+    lines: mpsc::Receiver<Result<Value, String>>,
+    /// Lines read while waiting for another: a later wait may want them.
+    unmatched: std::cell::RefCell<Vec<Value>>,
+}
+
+impl JsonRelay {
+    fn start(extra: &[&str]) -> JsonRelay {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rtmp-relay"))
+            .args(["--log-format", "json", "--listen", "127.0.0.1:0", "--no-http"])
+            .args(["--shards", "2", "--log-level", "info"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rtmp-relay");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let parsed = serde_json::from_str::<Value>(&line).map_err(|_| line);
+                if tx.send(parsed).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut relay = JsonRelay {
+            child,
+            addr: "0.0.0.0:0".parse().expect("address"),
+            lines,
+            unmatched: Default::default(),
+        };
+        // The line that says where it listens: {"fields":{"message":"rtmp-relay listening",
+        // "addr":"127.0.0.1:PORT",...}}
+        let listening = relay.wait_for("the listening line", |log| {
+            log["fields"]["message"] == "rtmp-relay listening"
+        });
+        let addr = listening["fields"]["addr"].as_str().expect("addr field");
+        relay.addr = addr.parse().expect("socket address");
+        relay
+    }
+
+    /// The first log line that `matches`, among the lines not taken yet, waiting up to
+    /// [`WAIT`]; panics on a line that is not JSON or if the binary exits first.
+    fn wait_for(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        let mut unmatched = self.unmatched.borrow_mut();
+        if let Some(i) = unmatched.iter().position(&matches) {
+            return unmatched.remove(i);
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(Ok(log)) if matches(&log) => return log,
+                Ok(Ok(log)) => unmatched.push(log),
+                Ok(Err(line)) => panic!("a log line is not JSON: {line}"),
+                Err(_) => panic!("no log line for {what}"),
+            }
+        }
+    }
+}
+
+impl Drop for JsonRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn message(log: &Value) -> &str {
+    log["fields"]["message"].as_str().unwrap_or("")
+}
+
+#[test]
+fn json_logs_carry_the_connection_span() {
+    let relay = JsonRelay::start(&[]);
+    let mut player = Client::connect(relay.addr, "live");
+    let peer = player.local_addr().to_string();
+    let opened = relay.wait_for("the connection's open line", |log| {
+        message(log) == "connection opened" && log["span"]["peer"] == peer.as_str()
+    });
+    let span = &opened["span"];
+    assert_eq!(span["name"], "conn", "{opened}");
+    assert!(span["shard"].as_u64().is_some_and(|shard| shard < 2), "shard: {opened}");
+    assert!(span["id"].as_u64().is_some(), "connection id: {opened}");
+
+    // Once known, the app and the stream key join the span.
+    player.play("spanned");
+    let play = relay.wait_for("the play line", |log| {
+        message(log) == "play started" && log["span"]["peer"] == peer.as_str()
+    });
+    assert_eq!(play["span"]["app"], "live", "{play}");
+    assert_eq!(play["span"]["key"], "spanned", "{play}");
+    assert_eq!(play["span"]["id"], span["id"], "the same connection: {play}");
 }
