@@ -432,3 +432,55 @@ fn json_logs_carry_the_connection_span() {
     assert_eq!(play["span"]["key"], "spanned", "{play}");
     assert_eq!(play["span"]["id"], span["id"], "the same connection: {play}");
 }
+
+#[test]
+fn shard_tasks_log_inside_a_span_that_names_the_shard() {
+    let relay = JsonRelay::start(&["--republish-wait-secs", "1"]);
+    let owned_by = |shard: usize| {
+        (0..)
+            .map(|i| format!("owned{shard}-{i}"))
+            .find(|name| {
+                rtmp_relay::stream::owner_of(&rtmp_relay::stream::StreamKey::new("live", name), 2)
+                    == shard
+            })
+            .expect("some key hashes to every shard")
+    };
+
+    // One connection publishes a stream owned by each shard: whichever shard it landed on, one
+    // of the two is owned by the other shard, whose mesh receive loop relays it and logs its
+    // codecs.
+    let mut publisher = Client::connect(relay.addr, "live");
+    let keys = [owned_by(0), owned_by(1)];
+    let mut stream_ids = Vec::new();
+    for key in &keys {
+        publisher.publish(key);
+        stream_ids.push(publisher.stream_id);
+    }
+    for stream_id in stream_ids {
+        publisher.stream_id = stream_id;
+        publisher.send_headers();
+        publisher.send(MediaKind::Video, 0, &video_frame(0, true, 100));
+    }
+    let mut from_mesh = 0;
+    for (owner, key) in keys.iter().enumerate() {
+        let stream = format!("live/{key}");
+        let detected = relay.wait_for("the codec line", |log| {
+            message(log) == "codecs detected" && log["fields"]["stream"] == stream.as_str()
+        });
+        assert_eq!(detected["span"]["shard"], owner, "logged on the owner shard: {detected}");
+        if detected["span"]["name"] == "shard" {
+            from_mesh += 1;
+        }
+    }
+    assert_eq!(from_mesh, 1, "one of the streams was relayed over the mesh");
+
+    // Housekeeping stops a player whose publisher never came.
+    let mut player = Client::connect(relay.addr, "live");
+    player.play("nobody");
+    let stopped = relay.wait_for("the housekeeping line", |log| {
+        message(log) == "no publisher in time: stopping players"
+    });
+    assert_eq!(stopped["span"]["name"], "shard", "{stopped}");
+    assert!(stopped["span"]["shard"].as_u64().is_some_and(|shard| shard < 2), "{stopped}");
+    publisher.close();
+}

@@ -19,7 +19,7 @@ use futures_lite::FutureExt;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
-use tracing::{error, info, warn};
+use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::config::Config;
 use crate::conn::{self, ConnContext};
@@ -371,6 +371,10 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
         }
     }
     let shard_id = mesh_ends.as_ref().map_or(0, |(senders, _)| senders.peer_id());
+    // Every task of this shard runs in this span, so what the mesh, the accept loop and the
+    // housekeeping log says which shard it happened on. (Connections have their own span,
+    // which carries the shard too.)
+    let span = info_span!("shard", shard = shard_id);
 
     let outboxes: Vec<Rc<PeerOutbox>> = (0..shard_count)
         .map(|peer| Rc::new(PeerOutbox::new(peer, config.mesh_frame_limit)))
@@ -404,23 +408,25 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
         let senders = Rc::new(senders);
         for outbox in outboxes.iter().filter(|o| o.peer() != shard_id) {
             let (outbox, senders) = (outbox.clone(), senders.clone());
-            _mesh_tasks.push(glommio::spawn_local(async move {
+            let task = async move {
                 loop {
                     let message = outbox.next().await;
                     if senders.send_to(outbox.peer(), message).await.is_err() {
                         return;
                     }
                 }
-            }));
+            };
+            _mesh_tasks.push(glommio::spawn_local(task.instrument(span.clone())));
         }
         for (peer, receiver) in receivers.streams() {
             let ctx = ctx.clone();
-            _mesh_tasks.push(glommio::spawn_local(async move {
+            let task = async move {
                 while let Some(message) = receiver.recv().await {
                     ctx.registry.handle(peer, message, Instant::now());
                     glommio::yield_if_needed().await;
                 }
-            }));
+            };
+            _mesh_tasks.push(glommio::spawn_local(task.instrument(span.clone())));
         }
     }
     let _ = ready.send(Ok((shard_id, test_listener.as_ref().and_then(|l| l.local_addr().ok()))));
@@ -441,8 +447,7 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
                         // try again shortly instead of spinning or dying.
                         ctx.counters.accept_errors.inc();
                         if let Some(not_logged) = error_log.check(Instant::now()) {
-                            warn!(shard = shard_id, error = %e, errors_not_logged = not_logged,
-                                "accept failed");
+                            warn!(error = %e, errors_not_logged = not_logged, "accept failed");
                         }
                         glommio::timer::sleep(Duration::from_millis(50)).await;
                     }
@@ -450,7 +455,8 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
             }
         }
     };
-    let test_accept = test_listener.map(|l| glommio::spawn_local(accept_loop(l)));
+    let test_accept =
+        test_listener.map(|l| glommio::spawn_local(accept_loop(l).instrument(span.clone())));
     let housekeeping = {
         let ctx = ctx.clone();
         async move {
@@ -470,9 +476,13 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
             periodic.or(wait_for_shutdown(&control, &snapshot, stats)).await;
         }
     };
-    accept_loop(listener).or(housekeeping).await;
-    drop(test_accept);
-    shut_down_gracefully(&ctx, config.shutdown_timeout()).await;
+    async {
+        accept_loop(listener).or(housekeeping).await;
+        drop(test_accept);
+        shut_down_gracefully(&ctx, config.shutdown_timeout()).await;
+    }
+    .instrument(span)
+    .await;
 }
 
 /// After the shutdown request, with no listener accepting any more: every publish ends as if its

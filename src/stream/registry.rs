@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::{Instant, SystemTime};
 
 use rtmp_proto::session::Media;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument, Span};
 
 use super::frame::Frame;
 use super::live::{notify_all, Stream};
@@ -212,12 +212,14 @@ impl Registry {
         let Some(recorder) = stream.take_recorder() else { return };
         let closing = self.recordings_closing.clone();
         closing.set(closing.get() + 1);
-        glommio::spawn_local(async move {
+        let finish = async move {
             // The writer task logs the outcome (file, bytes, or the error).
             let _ = recorder.finish().await;
             closing.set(closing.get() - 1);
-        })
-        .detach();
+        };
+        // In the span of whatever ended the publish (its connection, or the shard), so the
+        // lines it logs say where.
+        glommio::spawn_local(finish.instrument(Span::current())).detach();
     }
 
     /// Recordings whose files are still being closed.
