@@ -1,11 +1,14 @@
 //! The HTTP control plane: exact counters after a known publish/play, a slow player visible in
 //! drops and lag, gauges back to zero, documented JSON fields, valid Prometheus exposition.
+//! And the logs of the real binary: JSON lines whose spans say which shard and connection.
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use common::*;
 use rtmp_proto::session::MediaKind;
@@ -91,6 +94,10 @@ fn counters_equal_what_was_sent_and_return_to_zero() {
     assert_eq!(m.sum("rtmp_relay_stream_messages_in_total", &stream), 50.0);
     assert_eq!(m.sum("rtmp_relay_stream_bytes_in_total", &stream), bytes as f64);
     assert_eq!(m.sum("rtmp_relay_stream_subscribers", &stream), 3.0);
+    assert_eq!(m.sum("rtmp_relay_stream_messages_out_total", &stream), 150.0);
+    assert_eq!(m.sum("rtmp_relay_stream_bytes_out_total", &stream), 3.0 * bytes as f64);
+    assert_eq!(m.sum("rtmp_relay_stream_skip_to_keyframe_total", &stream), 0.0);
+    assert_eq!(m.sum("rtmp_relay_stream_slow_subscriber_disconnects_total", &stream), 0.0);
     let wait_max =
         m.sum("rtmp_relay_stream_viewer_wait_seconds", &[("stream", "metered"), ("quantile", "1")]);
     assert!(wait_max > 0.0 && wait_max < 5.0, "viewer wait max {wait_max}");
@@ -188,11 +195,18 @@ fn a_slow_player_shows_in_drops_and_lag() {
     for seq in 0..300u32 {
         publisher.send(MediaKind::Video, seq * 33, &video_frame(seq, seq % 30 == 0, 100_000));
     }
+    let stream = [("app", "live"), ("stream", "slowpoke")];
     eventually("the stalled player is skipping", || {
         let m = Metrics::scrape(http);
-        m.sum("rtmp_relay_stream_messages_dropped_total", &[("stream", "slowpoke")]) > 0.0
+        m.sum("rtmp_relay_stream_messages_dropped_total", &stream) > 0.0
             && m.sum("rtmp_relay_skip_to_keyframe_total", &[]) >= 1.0
+            && m.sum("rtmp_relay_stream_skip_to_keyframe_total", &stream) >= 1.0
     });
+    let m = Metrics::scrape(http);
+    let queued_max = m.sum("rtmp_relay_stream_player_queued_bytes_max", &stream);
+    assert!(queued_max > 0.0, "the stalled player's queue shows");
+    // One player: the sum over players is that player's queue.
+    assert_eq!(m.sum("rtmp_relay_stream_players_queued_bytes", &stream), queued_max);
     let (_, body) = get(http, "/api/streams/live/slowpoke");
     let json: Value = serde_json::from_str(&body).expect("JSON");
     let subscriber = &json["subscribers"][0];
@@ -203,4 +217,270 @@ fn a_slow_player_shows_in_drops_and_lag() {
         "behind live by more than the soft lag: {subscriber}"
     );
     stalled.close();
+}
+
+/// Two shards, placed deterministically with the per-shard test listeners.
+fn two_placed_shards() -> rtmp_relay::ServerHandle {
+    start_server(|c| {
+        c.shards = Some(2);
+        c.debug_shard_listeners = true;
+    })
+}
+
+#[test]
+fn stream_out_counters_keep_what_players_who_left_were_sent() {
+    let server = two_placed_shards();
+    let http = server.http_addr().expect("control plane runs");
+    let key = (0..)
+        .map(|i| format!("kept{i}"))
+        .find(|k| server.owner_of("live", k) == 0)
+        .expect("some key hashes to shard 0");
+    let on_shard = |shard| server.shard_addr(shard).expect("debug shard listeners are on");
+    let mut publisher = Client::connect(on_shard(0), "live");
+    publisher.publish(&key);
+    let mut local = Client::connect(on_shard(0), "live");
+    local.play(&key);
+    let mut remote = Client::connect(on_shard(1), "live");
+    remote.play(&key);
+    eventually("shard 1 mirrors the stream", || server.counters().mirrors == 1);
+    let mut bytes = 0u64;
+    for seq in 0..20u32 {
+        let payload = video_frame(seq, seq == 0, 800);
+        bytes += payload.len() as u64;
+        publisher.send(MediaKind::Video, seq * 40, &payload);
+    }
+    assert_eq!(local.media(20, WAIT).len(), 20);
+    assert_eq!(remote.media(20, WAIT).len(), 20);
+    let stream = [("app", "live"), ("stream", key.as_str())];
+    let out = |m: &Metrics| {
+        (
+            m.sum("rtmp_relay_stream_messages_out_total", &stream),
+            m.sum("rtmp_relay_stream_bytes_out_total", &stream),
+        )
+    };
+    assert_eq!(out(&Metrics::scrape(http)), (40.0, 2.0 * bytes as f64));
+
+    // The mirror goes away with its only player: the owner keeps what it delivered.
+    remote.close();
+    eventually("the mirror is gone", || server.counters().mirrors == 0);
+    assert_eq!(out(&Metrics::scrape(http)), (40.0, 2.0 * bytes as f64), "after the mirror left");
+    // A local player leaves: the stream keeps what it was sent.
+    local.close();
+    eventually("no players left", || server.counters().subscribers == 0);
+    let m = Metrics::scrape(http);
+    assert_eq!(m.sum("rtmp_relay_stream_subscribers", &stream), 0.0);
+    assert_eq!(out(&m), (40.0, 2.0 * bytes as f64), "after every player left");
+    publisher.close();
+}
+
+#[test]
+fn a_disconnected_slow_player_is_counted_on_its_stream() {
+    let server = start_server(|c| {
+        c.shards = Some(1);
+        c.subscriber_hard_limit_bytes = 1024 * 1024;
+        // Far behind before it skips, so its queue reaches the hard limit quickly.
+        c.subscriber_soft_lag_ms = 600_000;
+    });
+    let http = server.http_addr().expect("control plane runs");
+    let mut publisher = Client::connect(server.local_addr(), "live");
+    publisher.publish("cutoff");
+    let mut stalled = Client::connect(server.local_addr(), "live");
+    stalled.play("cutoff");
+    let stream = [("app", "live"), ("stream", "cutoff")];
+    for seq in 0..300u32 {
+        publisher.send(MediaKind::Video, seq * 33, &video_frame(seq, seq % 30 == 0, 100_000));
+    }
+    assert!(stalled.wait_closed(WAIT), "the stalled player is cut off");
+    eventually("the player is gone from the stream", || server.counters().subscribers == 0);
+    let m = Metrics::scrape(http);
+    assert_eq!(m.sum("rtmp_relay_stream_subscribers", &stream), 0.0);
+    assert_eq!(m.sum("rtmp_relay_stream_slow_subscriber_disconnects_total", &stream), 1.0);
+    assert!(m.sum("rtmp_relay_stream_messages_out_total", &stream) > 0.0);
+    assert_eq!(m.sum("rtmp_relay_stream_players_queued_bytes", &stream), 0.0);
+    publisher.close();
+}
+
+#[test]
+fn connections_by_state_follow_each_connection_and_return_to_zero() {
+    let server = start_server(|c| c.shards = Some(2));
+    let http = server.http_addr().expect("control plane runs");
+    // (handshake, connected, publishing, playing), summed over the shards, and whether they add
+    // up to the open connections.
+    let states = || {
+        let m = Metrics::scrape(http);
+        let states = ["handshake", "connected", "publishing", "playing"]
+            .map(|state| m.sum("rtmp_relay_connections", &[("state", state)]));
+        let open = m.sum("rtmp_relay_connections_open", &[]);
+        (states, states.iter().sum::<f64>() == open)
+    };
+    assert_eq!(states(), ([0.0; 4], true));
+
+    // Connected at the TCP level but silent: still in the handshake.
+    let silent = TcpStream::connect(server.local_addr()).expect("tcp connect");
+    eventually("one connection in the handshake", || states() == ([1.0, 0.0, 0.0, 0.0], true));
+    let idle = Client::connect(server.local_addr(), "live");
+    let mut publisher = Client::connect(server.local_addr(), "live");
+    publisher.publish("stately");
+    let mut player = Client::connect(server.local_addr(), "live");
+    player.play("stately");
+    eventually("one connection in each state", || states() == ([1.0; 4], true));
+
+    player.close();
+    eventually("the player is gone", || states() == ([1.0, 1.0, 1.0, 0.0], true));
+    drop(silent);
+    idle.close();
+    publisher.close();
+    eventually("every state back to zero", || states() == ([0.0; 4], true));
+}
+
+/// The real binary logging JSON to stdout, killed when dropped. Every stdout line goes through
+/// a channel: `Ok` when it parses as JSON, `Err` with the line when it does not.
+struct JsonRelay {
+    child: Child,
+    addr: SocketAddr,
+    lines: mpsc::Receiver<Result<Value, String>>,
+    /// Lines read while waiting for another: a later wait may want them.
+    unmatched: std::cell::RefCell<Vec<Value>>,
+}
+
+impl JsonRelay {
+    fn start(extra: &[&str]) -> JsonRelay {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rtmp-relay"))
+            .args(["--log-format", "json", "--listen", "127.0.0.1:0", "--no-http"])
+            .args(["--shards", "2", "--log-level", "info"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rtmp-relay");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let parsed = serde_json::from_str::<Value>(&line).map_err(|_| line);
+                if tx.send(parsed).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut relay = JsonRelay {
+            child,
+            addr: "0.0.0.0:0".parse().expect("address"),
+            lines,
+            unmatched: Default::default(),
+        };
+        // The line that says where it listens: {"fields":{"message":"rtmp-relay listening",
+        // "addr":"127.0.0.1:PORT",...}}
+        let listening = relay.wait_for("the listening line", |log| {
+            log["fields"]["message"] == "rtmp-relay listening"
+        });
+        let addr = listening["fields"]["addr"].as_str().expect("addr field");
+        relay.addr = addr.parse().expect("socket address");
+        relay
+    }
+
+    /// The first log line that `matches`, among the lines not taken yet, waiting up to
+    /// [`WAIT`]; panics on a line that is not JSON or if the binary exits first.
+    fn wait_for(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        let mut unmatched = self.unmatched.borrow_mut();
+        if let Some(i) = unmatched.iter().position(&matches) {
+            return unmatched.remove(i);
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(Ok(log)) if matches(&log) => return log,
+                Ok(Ok(log)) => unmatched.push(log),
+                Ok(Err(line)) => panic!("a log line is not JSON: {line}"),
+                Err(_) => panic!("no log line for {what}"),
+            }
+        }
+    }
+}
+
+impl Drop for JsonRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn message(log: &Value) -> &str {
+    log["fields"]["message"].as_str().unwrap_or("")
+}
+
+#[test]
+fn json_logs_carry_the_connection_span() {
+    let relay = JsonRelay::start(&[]);
+    let mut player = Client::connect(relay.addr, "live");
+    let peer = player.local_addr().to_string();
+    let opened = relay.wait_for("the connection's open line", |log| {
+        message(log) == "connection opened" && log["span"]["peer"] == peer.as_str()
+    });
+    let span = &opened["span"];
+    assert_eq!(span["name"], "conn", "{opened}");
+    assert!(span["shard"].as_u64().is_some_and(|shard| shard < 2), "shard: {opened}");
+    assert!(span["id"].as_u64().is_some(), "connection id: {opened}");
+
+    // Once known, the app and the stream key join the span.
+    player.play("spanned");
+    let play = relay.wait_for("the play line", |log| {
+        message(log) == "play started" && log["span"]["peer"] == peer.as_str()
+    });
+    assert_eq!(play["span"]["app"], "live", "{play}");
+    assert_eq!(play["span"]["key"], "spanned", "{play}");
+    assert_eq!(play["span"]["id"], span["id"], "the same connection: {play}");
+}
+
+#[test]
+fn shard_tasks_log_inside_a_span_that_names_the_shard() {
+    let relay = JsonRelay::start(&["--republish-wait-secs", "1"]);
+    let owned_by = |shard: usize| {
+        (0..)
+            .map(|i| format!("owned{shard}-{i}"))
+            .find(|name| {
+                rtmp_relay::stream::owner_of(&rtmp_relay::stream::StreamKey::new("live", name), 2)
+                    == shard
+            })
+            .expect("some key hashes to every shard")
+    };
+
+    // One connection publishes a stream owned by each shard: whichever shard it landed on, one
+    // of the two is owned by the other shard, whose mesh receive loop relays it and logs its
+    // codecs.
+    let mut publisher = Client::connect(relay.addr, "live");
+    let keys = [owned_by(0), owned_by(1)];
+    let mut stream_ids = Vec::new();
+    for key in &keys {
+        publisher.publish(key);
+        stream_ids.push(publisher.stream_id);
+    }
+    for stream_id in stream_ids {
+        publisher.stream_id = stream_id;
+        publisher.send_headers();
+        publisher.send(MediaKind::Video, 0, &video_frame(0, true, 100));
+    }
+    let mut from_mesh = 0;
+    for (owner, key) in keys.iter().enumerate() {
+        let stream = format!("live/{key}");
+        let detected = relay.wait_for("the codec line", |log| {
+            message(log) == "codecs detected" && log["fields"]["stream"] == stream.as_str()
+        });
+        assert_eq!(detected["span"]["shard"], owner, "logged on the owner shard: {detected}");
+        if detected["span"]["name"] == "shard" {
+            from_mesh += 1;
+        }
+    }
+    assert_eq!(from_mesh, 1, "one of the streams was relayed over the mesh");
+
+    // Housekeeping stops a player whose publisher never came.
+    let mut player = Client::connect(relay.addr, "live");
+    player.play("nobody");
+    let stopped = relay.wait_for("the housekeeping line", |log| {
+        message(log) == "no publisher in time: stopping players"
+    });
+    assert_eq!(stopped["span"]["name"], "shard", "{stopped}");
+    assert!(stopped["span"]["shard"].as_u64().is_some_and(|shard| shard < 2), "{stopped}");
+    publisher.close();
 }

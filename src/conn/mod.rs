@@ -35,11 +35,12 @@ use tracing::{debug, info, info_span, warn, Instrument, Span};
 pub use limits::{Admission, ConnLimits, IpTable, Refusal};
 pub use socket::Socket;
 
-use crate::metrics::ShardCounters;
+use crate::metrics::{ConnState, ShardCounters};
 use crate::stream::{
     CloseReason, OutQueue, PublishRefused, PublishWaiter, PublisherInfo, Registry, Stream,
     StreamKey, Subscriber,
 };
+use crate::telemetry::LogLimiter;
 
 /// Bytes asked of the kernel per read while playing or idle: players send little.
 const SMALL_READ: usize = 4 * 1024;
@@ -68,8 +69,9 @@ pub struct ConnContext {
     pub epoch: Instant,
     /// Every open connection's queue, so a shutdown can close them all.
     open: RefCell<HashMap<u64, Rc<OutQueue>>>,
-    /// When a refused connection was last logged: floods are logged once a second.
-    last_refusal_log: Cell<Option<Instant>>,
+    /// Refused connections come in floods (that is what the limits are for): one line a
+    /// second, saying how many went unlogged.
+    refusal_log: LogLimiter,
     next_conn_id: Cell<u64>,
     rng: Cell<u64>,
 }
@@ -97,7 +99,7 @@ impl ConnContext {
             ip_table: Rc::default(),
             epoch,
             open: RefCell::new(HashMap::new()),
-            last_refusal_log: Cell::new(None),
+            refusal_log: LogLimiter::new(Duration::from_secs(1)),
             // Connection ids are unique across shards: the shard id is in the top bits.
             next_conn_id: Cell::new((shard_id as u64) << 48),
             rng: Cell::new(seed ^ (shard_id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
@@ -136,6 +138,35 @@ impl ConnContext {
         self.rng.set(state);
         out.truncate(RANDOM_LEN);
         out
+    }
+}
+
+/// This connection's place in `rtmp_relay_connections{state}`: one count in exactly one state
+/// while the connection is open. Dropping it takes the count away, so the gauges return to zero
+/// however the connection ends.
+struct StateGauge {
+    counters: Rc<ShardCounters>,
+    state: Cell<ConnState>,
+}
+
+impl StateGauge {
+    fn new(counters: Rc<ShardCounters>) -> Self {
+        counters.connections_in(ConnState::Handshake).inc();
+        Self { counters, state: Cell::new(ConnState::Handshake) }
+    }
+
+    fn set(&self, state: ConnState) {
+        let old = self.state.replace(state);
+        if old != state {
+            self.counters.connections_in(old).dec();
+            self.counters.connections_in(state).inc();
+        }
+    }
+}
+
+impl Drop for StateGauge {
+    fn drop(&mut self) {
+        self.counters.connections_in(self.state.get()).dec();
     }
 }
 
@@ -180,13 +211,10 @@ async fn serve_connection(ctx: Rc<ConnContext>, stream: TcpStream, conn_id: u64,
         Ok(admission) => admission,
         Err(refusal) => {
             ctx.counters.limit_tripped(refusal.limit());
-            let now = Instant::now();
-            let quiet =
-                ctx.last_refusal_log.get().is_some_and(|t| now - t < Duration::from_secs(1));
-            if !quiet {
-                ctx.last_refusal_log.set(Some(now));
+            if let Some(not_logged) = ctx.refusal_log.check(Instant::now()) {
                 warn!(
                     limit = refusal.limit(),
+                    refusals_not_logged = not_logged,
                     "connection refused (further refusals this second not logged)"
                 );
             }
@@ -197,6 +225,7 @@ async fn serve_connection(ctx: Rc<ConnContext>, stream: TcpStream, conn_id: u64,
         debug!(error = %e, "could not set TCP_NODELAY");
     }
     ctx.counters.connections_open.inc();
+    let state = StateGauge::new(ctx.counters.clone());
     info!("connection opened");
 
     let socket = Rc::new(Socket::new(stream));
@@ -225,11 +254,14 @@ async fn serve_connection(ctx: Rc<ConnContext>, stream: TcpStream, conn_id: u64,
         playing: Vec::new(),
         pending_publish: None,
         admission,
+        state,
     };
     let ended = conn.run().await;
     // A refusal or a last reply written just before the end still goes out.
     conn.flush_session(Instant::now());
     conn.cleanup();
+    // While its last replies flush it neither publishes nor plays any more.
+    conn.sync_state();
     ctx.open.borrow_mut().remove(&conn_id);
 
     match &ended {
@@ -290,6 +322,8 @@ struct Connection {
     pending_publish: Option<PendingPublish>,
     /// This connection's place in the per-IP counts.
     admission: Admission,
+    /// This connection's place in the connections-by-state gauges.
+    state: StateGauge,
 }
 
 /// Where a publisher's media goes.
@@ -318,6 +352,9 @@ impl Connection {
         let handshake_deadline = Instant::now() + limits.handshake;
         let mut connected_at = None;
         loop {
+            // Only await points let a scrape in (the shard runs one task at a time), so the
+            // state is brought up to date before each.
+            self.sync_state();
             if !self.publishing.is_empty() && read_buf.len() < LARGE_READ {
                 read_buf = vec![0u8; LARGE_READ];
             }
@@ -368,6 +405,7 @@ impl Connection {
                 return ended;
             }
             while let Some(pending) = self.pending_publish.take() {
+                self.sync_state();
                 if let Err(ended) = self.finish_remote_publish(pending).await {
                     return ended;
                 }
@@ -403,6 +441,20 @@ impl Connection {
                 return Ok(());
             }
         }
+    }
+
+    /// Where the connection is now: a publisher that also plays counts as publishing.
+    fn sync_state(&self) {
+        let state = if self.session.app().is_none() {
+            ConnState::Handshake
+        } else if !self.publishing.is_empty() {
+            ConnState::Publishing
+        } else if !self.playing.is_empty() {
+            ConnState::Playing
+        } else {
+            ConnState::Connected
+        };
+        self.state.set(state);
     }
 
     fn flush_session(&mut self, now: Instant) {

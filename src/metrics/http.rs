@@ -174,6 +174,10 @@ struct StreamJson {
     gop_cache_bytes: usize,
     subscriber_count: usize,
     dropped: u64,
+    messages_out: u64,
+    bytes_out: u64,
+    skip_to_keyframe: u64,
+    slow_subscriber_disconnects: u64,
     viewer_wait: Quantiles,
     time_to_first_frame: Quantiles,
     subscribers: Vec<SubscriberStats>,
@@ -183,6 +187,7 @@ impl From<&MergedStream<'_>> for StreamJson {
     fn from(stream: &MergedStream<'_>) -> Self {
         let first = stream.parts.first();
         let owner = stream.owner;
+        let delivery = stream.delivery();
         StreamJson {
             app: first.map(|s| s.app.clone()).unwrap_or_default(),
             name: first.map(|s| s.name.clone()).unwrap_or_default(),
@@ -194,7 +199,11 @@ impl From<&MergedStream<'_>> for StreamJson {
             messages_in: owner.map_or(0, |o| o.messages_in),
             gop_cache_bytes: owner.map_or(0, |o| o.gop_cache_bytes),
             subscriber_count: stream.subscribers(),
-            dropped: stream.dropped(),
+            dropped: delivery.dropped,
+            messages_out: delivery.messages_out,
+            bytes_out: delivery.bytes_out,
+            skip_to_keyframe: delivery.skip_to_keyframe,
+            slow_subscriber_disconnects: delivery.slow_subscriber_disconnects,
             viewer_wait: Quantiles::from(&stream.wait),
             time_to_first_frame: Quantiles::from(&stream.time_to_first_frame),
             subscribers: stream.parts.iter().flat_map(|p| p.subscribers.iter().cloned()).collect(),

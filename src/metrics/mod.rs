@@ -12,7 +12,7 @@ use std::cell::{Cell, RefCell};
 
 pub use http::{serve as serve_http, HttpError, HttpServer};
 pub use prometheus::render as render_prometheus;
-pub use stats::{ShardStats, StreamStats, SubscriberStats};
+pub use stats::{DeliveryTotals, ShardStats, StreamStats, SubscriberStats};
 
 /// A monotonically increasing shard-local counter.
 #[derive(Debug, Default)]
@@ -50,11 +50,46 @@ impl Gauge {
     }
 }
 
+/// Where an open connection is in its life, for `rtmp_relay_connections{state}`. Each open
+/// connection is in exactly one state, so the states add up to `connections_open`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// Accepted; the RTMP handshake or the `connect` command is not done yet.
+    Handshake,
+    /// Connected to an app; neither publishing nor playing.
+    Connected,
+    /// Publishing at least one stream (whatever else it does).
+    Publishing,
+    /// Playing at least one stream and publishing none.
+    Playing,
+}
+
+impl ConnState {
+    pub const ALL: [ConnState; 4] =
+        [ConnState::Handshake, ConnState::Connected, ConnState::Publishing, ConnState::Playing];
+
+    /// The `state` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnState::Handshake => "handshake",
+            ConnState::Connected => "connected",
+            ConnState::Publishing => "publishing",
+            ConnState::Playing => "playing",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// What one shard has done.
 #[derive(Debug, Default)]
 pub struct ShardCounters {
     pub connections_accepted: Counter,
     pub connections_open: Gauge,
+    /// Open connections by [`ConnState`], indexed by its discriminant.
+    connections_by_state: [Gauge; 4],
     pub accept_errors: Counter,
     pub handshake_failures: Counter,
     pub handshake_timeouts: Counter,
@@ -98,6 +133,11 @@ fn bump(counts: &RefCell<Vec<(&'static str, u64)>>, name: &'static str) {
 }
 
 impl ShardCounters {
+    /// The gauge of open connections in `state`.
+    pub fn connections_in(&self, state: ConnState) -> &Gauge {
+        &self.connections_by_state[state.index()]
+    }
+
     /// Counts one protocol error of `kind` (also in `protocol_errors`).
     pub fn protocol_error(&self, kind: &'static str) {
         self.protocol_errors.inc();
@@ -123,6 +163,8 @@ impl ShardCounters {
 pub struct CountersSnapshot {
     pub connections_accepted: u64,
     pub connections_open: i64,
+    /// Open connections by state, in [`ConnState::ALL`] order.
+    pub connections_by_state: [i64; 4],
     pub protocol_errors: u64,
     pub handshake_failures: u64,
     pub publishes: u64,
@@ -150,6 +192,7 @@ impl ShardCounters {
         CountersSnapshot {
             connections_accepted: self.connections_accepted.get(),
             connections_open: self.connections_open.get(),
+            connections_by_state: ConnState::ALL.map(|state| self.connections_in(state).get()),
             protocol_errors: self.protocol_errors.get(),
             handshake_failures: self.handshake_failures.get(),
             publishes: self.publishes.get(),
@@ -181,6 +224,9 @@ impl std::ops::Add for CountersSnapshot {
         CountersSnapshot {
             connections_accepted: self.connections_accepted + o.connections_accepted,
             connections_open: self.connections_open + o.connections_open,
+            connections_by_state: std::array::from_fn(|i| {
+                self.connections_by_state[i] + o.connections_by_state[i]
+            }),
             protocol_errors: self.protocol_errors + o.protocol_errors,
             handshake_failures: self.handshake_failures + o.handshake_failures,
             publishes: self.publishes + o.publishes,

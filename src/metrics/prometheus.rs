@@ -14,7 +14,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::stats::{ShardStats, StreamStats};
+use super::stats::{DeliveryTotals, ShardStats, StreamStats};
+use super::ConnState;
 
 type Labels = Vec<(String, String)>;
 
@@ -72,8 +73,18 @@ impl MergedStream<'_> {
         self.parts.iter().map(|p| p.subscribers.len()).sum()
     }
 
-    pub fn dropped(&self) -> u64 {
-        self.parts.iter().map(|p| p.dropped).sum()
+    /// What the stream's players on every shard were sent and lost.
+    pub fn delivery(&self) -> DeliveryTotals {
+        let mut totals = DeliveryTotals::default();
+        for part in &self.parts {
+            totals += part.delivery;
+        }
+        totals
+    }
+
+    /// Bytes waiting for each of the stream's players' sockets, on every shard.
+    fn queued_bytes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.parts.iter().flat_map(|p| &p.subscribers).map(|s| s.queue_bytes)
     }
 }
 
@@ -129,6 +140,21 @@ pub fn render(shards: &[ShardStats]) -> String {
         "connections_open",
         "Open RTMP connections",
         per_shard_gauge(|s| s.counters.connections_open),
+    );
+    let mut by_state = Vec::new();
+    for shard in shards {
+        for (state, count) in ConnState::ALL.iter().zip(shard.counters.connections_by_state) {
+            by_state.push((
+                labels(&[("shard", shard.shard.to_string()), ("state", state.as_str().to_owned())]),
+                count,
+            ));
+        }
+    }
+    f.gauge(
+        "connections",
+        "Open RTMP connections by state: handshake (not yet connected to an app), connected \
+         (neither publishing nor playing), publishing, playing",
+        by_state,
     );
     f.counter(
         "connections_accepted",
@@ -294,6 +320,12 @@ pub fn render(shards: &[ShardStats]) -> String {
     let mut messages_in = Vec::new();
     let mut subscribers = Vec::new();
     let mut stream_dropped = Vec::new();
+    let mut messages_out = Vec::new();
+    let mut bytes_out = Vec::new();
+    let mut stream_skips = Vec::new();
+    let mut stream_disconnects = Vec::new();
+    let mut queued_sum = Vec::new();
+    let mut queued_max = Vec::new();
     let mut gop = Vec::new();
     let mut wait = Vec::new();
     let mut ttff = Vec::new();
@@ -309,7 +341,14 @@ pub fn render(shards: &[ShardStats]) -> String {
             gop.push((base.clone(), owner.gop_cache_bytes as i64));
         }
         subscribers.push((base.clone(), stream.subscribers() as i64));
-        stream_dropped.push((base.clone(), stream.dropped()));
+        let delivery = stream.delivery();
+        stream_dropped.push((base.clone(), delivery.dropped));
+        messages_out.push((base.clone(), delivery.messages_out));
+        bytes_out.push((base.clone(), delivery.bytes_out));
+        stream_skips.push((base.clone(), delivery.skip_to_keyframe));
+        stream_disconnects.push((base.clone(), delivery.slow_subscriber_disconnects));
+        queued_sum.push((base.clone(), stream.queued_bytes().sum::<usize>() as i64));
+        queued_max.push((base.clone(), stream.queued_bytes().max().unwrap_or(0) as i64));
         for (histogram, out) in
             [(&stream.wait, &mut wait), (&stream.time_to_first_frame, &mut ttff)]
         {
@@ -339,7 +378,37 @@ pub fn render(shards: &[ShardStats]) -> String {
     f.counter("stream_bytes_in", "Payload bytes received from the stream's publishers", bytes_in);
     f.counter("stream_messages_in", "Messages received from the stream's publishers", messages_in);
     f.gauge("stream_subscribers", "Players of the stream, all shards", subscribers);
+    f.counter(
+        "stream_messages_out",
+        "Live messages queued to the stream's players, all shards, players who left included",
+        messages_out,
+    );
+    f.counter(
+        "stream_bytes_out",
+        "Payload bytes of the live messages queued to the stream's players (compare with bytes_in)",
+        bytes_out,
+    );
     f.counter("stream_messages_dropped", "Messages the stream's players skipped", stream_dropped);
+    f.counter(
+        "stream_skip_to_keyframe",
+        "Times one of the stream's players started skipping to the next keyframe",
+        stream_skips,
+    );
+    f.counter(
+        "stream_slow_subscriber_disconnects",
+        "Players of the stream disconnected for falling too far behind or stalling",
+        stream_disconnects,
+    );
+    f.gauge(
+        "stream_players_queued_bytes",
+        "Bytes waiting for the sockets of the stream's players, summed over its players",
+        queued_sum,
+    );
+    f.gauge(
+        "stream_player_queued_bytes_max",
+        "Bytes waiting for the socket of the stream's most backed-up player",
+        queued_max,
+    );
     f.gauge("stream_gop_cache_bytes", "Bytes in the stream's late-join cache", gop);
     f.gauge_f64(
         "stream_viewer_wait_seconds",

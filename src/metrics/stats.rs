@@ -50,14 +50,42 @@ pub struct StreamStats {
     pub bytes_in: u64,
     pub messages_in: u64,
     pub gop_cache_bytes: usize,
-    /// Frames this shard's players skipped.
-    pub dropped: u64,
+    /// What this shard's players of the stream were sent and lost since the stream began here,
+    /// players who left included, so the exported counters never go backwards.
+    pub delivery: DeliveryTotals,
     pub subscribers: Vec<SubscriberStats>,
     /// How long frames waited between arriving from the publisher and being written to a
     /// player's socket, in microseconds.
     pub wait: Histogram<u64>,
     /// Time from play to the first frame written, in microseconds.
     pub time_to_first_frame: Histogram<u64>,
+}
+
+/// What one or more players were sent and lost. Each player keeps these in `Cell`s on its
+/// shard; a stream adds them up when someone scrapes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DeliveryTotals {
+    /// Live messages queued to the players (the late-join replay is not counted, as in the
+    /// shard's `messages_relayed`).
+    pub messages_out: u64,
+    /// Payload bytes of those messages: comparable with the stream's `bytes_in`.
+    pub bytes_out: u64,
+    /// Frames skipped by the slow-subscriber policy.
+    pub dropped: u64,
+    /// Times a player started skipping to the next keyframe.
+    pub skip_to_keyframe: u64,
+    /// Players disconnected for falling too far behind or stalling.
+    pub slow_subscriber_disconnects: u64,
+}
+
+impl std::ops::AddAssign for DeliveryTotals {
+    fn add_assign(&mut self, o: DeliveryTotals) {
+        self.messages_out += o.messages_out;
+        self.bytes_out += o.bytes_out;
+        self.dropped += o.dropped;
+        self.skip_to_keyframe += o.skip_to_keyframe;
+        self.slow_subscriber_disconnects += o.slow_subscriber_disconnects;
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

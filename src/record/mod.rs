@@ -52,7 +52,7 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use glommio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument, Span};
 
 use crate::metrics::{Counter, Gauge};
 use crate::stream::Frame;
@@ -284,7 +284,10 @@ impl Recorder {
             flush_interval: config.flush_interval,
             counters: counters.clone(),
         };
-        let task = glommio::spawn_local(sink::run(shared.clone(), params)).detach();
+        // The writer task lives on after the call that started it: it keeps the caller's span
+        // (the publisher's connection, or the shard) so its lines say whose recording it is.
+        let writer = sink::run(shared.clone(), params).instrument(Span::current());
+        let task = glommio::spawn_local(writer).detach();
         counters.recordings_started.inc();
         counters.recordings_active.inc();
         Ok(Recorder {

@@ -19,15 +19,18 @@ use futures_lite::FutureExt;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
-use tracing::{error, info, warn};
+use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::config::Config;
 use crate::conn::{self, ConnContext};
 use crate::metrics::{CountersSnapshot, HttpServer, ShardCounters, ShardStats};
 use crate::stream::{PeerOutbox, Registry, RelaySettings, ShardMessage, StreamKey};
+use crate::telemetry::LogLimiter;
 
 /// How often a shard looks at control requests and expires waiting players.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
+/// At most one "accept failed" line per listener per this interval.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Messages in flight per ordered pair of shards. Frames wait in the sender's outbox beyond
 /// this, where the skip-to-keyframe policy applies.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
@@ -368,6 +371,10 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
         }
     }
     let shard_id = mesh_ends.as_ref().map_or(0, |(senders, _)| senders.peer_id());
+    // Every task of this shard runs in this span, so what the mesh, the accept loop and the
+    // housekeeping log says which shard it happened on. (Connections have their own span,
+    // which carries the shard too.)
+    let span = info_span!("shard", shard = shard_id);
 
     let outboxes: Vec<Rc<PeerOutbox>> = (0..shard_count)
         .map(|peer| Rc::new(PeerOutbox::new(peer, config.mesh_frame_limit)))
@@ -401,23 +408,25 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
         let senders = Rc::new(senders);
         for outbox in outboxes.iter().filter(|o| o.peer() != shard_id) {
             let (outbox, senders) = (outbox.clone(), senders.clone());
-            _mesh_tasks.push(glommio::spawn_local(async move {
+            let task = async move {
                 loop {
                     let message = outbox.next().await;
                     if senders.send_to(outbox.peer(), message).await.is_err() {
                         return;
                     }
                 }
-            }));
+            };
+            _mesh_tasks.push(glommio::spawn_local(task.instrument(span.clone())));
         }
         for (peer, receiver) in receivers.streams() {
             let ctx = ctx.clone();
-            _mesh_tasks.push(glommio::spawn_local(async move {
+            let task = async move {
                 while let Some(message) = receiver.recv().await {
                     ctx.registry.handle(peer, message, Instant::now());
                     glommio::yield_if_needed().await;
                 }
-            }));
+            };
+            _mesh_tasks.push(glommio::spawn_local(task.instrument(span.clone())));
         }
     }
     let _ = ready.send(Ok((shard_id, test_listener.as_ref().and_then(|l| l.local_addr().ok()))));
@@ -425,6 +434,9 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
     let accept_loop = |listener: TcpListener| {
         let ctx = ctx.clone();
         async move {
+            // Clients can run the process out of file descriptors at will; one line per
+            // interval, not one per failed accept.
+            let error_log = LogLimiter::new(ACCEPT_ERROR_LOG_INTERVAL);
             loop {
                 match listener.accept().await {
                     Ok(stream) => {
@@ -434,14 +446,17 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
                         // EMFILE/ENFILE and friends: keep serving the connections we have and
                         // try again shortly instead of spinning or dying.
                         ctx.counters.accept_errors.inc();
-                        warn!(shard = shard_id, error = %e, "accept failed");
+                        if let Some(not_logged) = error_log.check(Instant::now()) {
+                            warn!(error = %e, errors_not_logged = not_logged, "accept failed");
+                        }
                         glommio::timer::sleep(Duration::from_millis(50)).await;
                     }
                 }
             }
         }
     };
-    let test_accept = test_listener.map(|l| glommio::spawn_local(accept_loop(l)));
+    let test_accept =
+        test_listener.map(|l| glommio::spawn_local(accept_loop(l).instrument(span.clone())));
     let housekeeping = {
         let ctx = ctx.clone();
         async move {
@@ -461,9 +476,13 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
             periodic.or(wait_for_shutdown(&control, &snapshot, stats)).await;
         }
     };
-    accept_loop(listener).or(housekeeping).await;
-    drop(test_accept);
-    shut_down_gracefully(&ctx, config.shutdown_timeout()).await;
+    async {
+        accept_loop(listener).or(housekeeping).await;
+        drop(test_accept);
+        shut_down_gracefully(&ctx, config.shutdown_timeout()).await;
+    }
+    .instrument(span)
+    .await;
 }
 
 /// After the shutdown request, with no listener accepting any more: every publish ends as if its

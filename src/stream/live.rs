@@ -24,7 +24,7 @@ use super::shard::{PeerOutbox, ShardMessage};
 use super::subscriber::Subscriber;
 use super::{PublishRefused, PublisherInfo, RelaySettings, StreamKey};
 use crate::metrics::stats::{AudioStats, PublisherStats, StreamStats, SubscriberStats, VideoStats};
-use crate::metrics::ShardCounters;
+use crate::metrics::{DeliveryTotals, ShardCounters};
 use crate::record::Recorder;
 
 /// What a stream knows about its codecs, from the sequence headers.
@@ -53,6 +53,9 @@ struct StreamState {
     publisher: Option<PublisherInfo>,
     cache: LateJoinCache,
     subscribers: Vec<Rc<Subscriber>>,
+    /// What players who left were sent and lost (on the owner, also what mirrors that went
+    /// away reported), so the stream's out counters never go backwards.
+    departed: DeliveryTotals,
     /// Shards that mirror this stream (owner only).
     remotes: Vec<RemoteMirror>,
     codecs: CodecInfo,
@@ -109,6 +112,7 @@ impl Stream {
                 publisher: None,
                 cache: LateJoinCache::new(cache),
                 subscribers: Vec::new(),
+                departed: DeliveryTotals::default(),
                 remotes: Vec::new(),
                 codecs: CodecInfo::default(),
                 idle_since: Some(now),
@@ -403,13 +407,42 @@ impl Stream {
     pub(super) fn remove_subscriber(&self, conn_id: u64, stream_id: u32) -> usize {
         let mut state = self.state.borrow_mut();
         let before = state.subscribers.len();
-        state.subscribers.retain(|s| !(s.conn_id == conn_id && s.stream_id == stream_id));
+        let mut departed = DeliveryTotals::default();
+        state.subscribers.retain(|s| {
+            let leaving = s.conn_id == conn_id && s.stream_id == stream_id;
+            if leaving {
+                departed += s.delivery();
+            }
+            !leaving
+        });
+        state.departed += departed;
         before - state.subscribers.len()
     }
 
     /// Takes every local player away (the wait for a publisher ran out).
     pub(super) fn take_subscribers(&self) -> Vec<Rc<Subscriber>> {
-        std::mem::take(&mut self.state.borrow_mut().subscribers)
+        let mut state = self.state.borrow_mut();
+        let subscribers = std::mem::take(&mut state.subscribers);
+        for subscriber in &subscribers {
+            state.departed += subscriber.delivery();
+        }
+        subscribers
+    }
+
+    /// What this shard's players of the stream, present and departed, were sent and lost.
+    pub fn delivery(&self) -> DeliveryTotals {
+        let state = self.state.borrow();
+        let mut totals = state.departed;
+        for subscriber in &state.subscribers {
+            totals += subscriber.delivery();
+        }
+        totals
+    }
+
+    /// Owner: adds what a mirror that went away delivered to its players, so the stream's
+    /// totals, merged across shards, do not drop when a mirror ends before the stream does.
+    pub(super) fn add_departed(&self, totals: DeliveryTotals) {
+        self.state.borrow_mut().departed += totals;
     }
 
     /// Owner: starts feeding `shard`, and returns what its mirror needs to start: the publisher
@@ -544,7 +577,7 @@ impl Stream {
             bytes_in: state.bytes_in,
             messages_in: state.messages_in,
             gop_cache_bytes: state.cache.gop_bytes(),
-            dropped: subscribers.iter().map(|s| s.dropped).sum(),
+            delivery: self.delivery(),
             subscribers,
             wait: self.wait.wait.borrow().clone(),
             time_to_first_frame: self.wait.time_to_first_frame.borrow().clone(),

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::{Instant, SystemTime};
 
 use rtmp_proto::session::Media;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument, Span};
 
 use super::frame::Frame;
 use super::live::{notify_all, Stream};
@@ -212,12 +212,14 @@ impl Registry {
         let Some(recorder) = stream.take_recorder() else { return };
         let closing = self.recordings_closing.clone();
         closing.set(closing.get() + 1);
-        glommio::spawn_local(async move {
+        let finish = async move {
             // The writer task logs the outcome (file, bytes, or the error).
             let _ = recorder.finish().await;
             closing.set(closing.get() - 1);
-        })
-        .detach();
+        };
+        // In the span of whatever ended the publish (its connection, or the shard), so the
+        // lines it logs say where.
+        glommio::spawn_local(finish.instrument(Span::current())).detach();
     }
 
     /// Recordings whose files are still being closed.
@@ -347,8 +349,10 @@ impl Registry {
         if stream.is_mirror() {
             self.counters.mirrors.dec();
             self.pending_snapshots.borrow_mut().remove(&stream.key);
-            self.outbox(self.owner_of(&stream.key))
-                .push(ShardMessage::Unsubscribe { key: stream.key.clone() });
+            self.outbox(self.owner_of(&stream.key)).push(ShardMessage::Unsubscribe {
+                key: stream.key.clone(),
+                delivered: stream.delivery(),
+            });
         } else {
             self.counters.streams.dec();
         }
@@ -461,8 +465,9 @@ impl Registry {
                     frames,
                 });
             }
-            ShardMessage::Unsubscribe { key } => {
+            ShardMessage::Unsubscribe { key, delivered } => {
                 if let Some(stream) = self.get(&key).filter(|s| !s.is_mirror()) {
+                    stream.add_departed(delivered);
                     stream.remove_remote(from);
                     self.remove_if_unused(&stream);
                 }
@@ -635,6 +640,40 @@ mod tests {
         assert!(stream.mirror_shards().is_empty(), "the owner stopped feeding the shard");
         pair.shards[0].unpublish(&stream, 1, pair.now);
         assert!(pair.shards[0].get(&key).is_none());
+    }
+
+    #[test]
+    fn what_a_mirror_delivered_stays_with_the_stream_after_the_mirror_goes() {
+        let pair = Pair::new();
+        let key = pair.key_owned_by(0);
+        let stream = pair.shards[0].publish(key.clone(), publisher(1), pair.now).unwrap();
+        let local = player(100, pair.now);
+        pair.shards[0].play(key.clone(), local, pair.now).unwrap();
+        let remote = player(200, pair.now);
+        let mirror = pair.shards[1].play(key.clone(), remote, pair.now).unwrap();
+        pair.pump();
+        let keyframe = rtmp_proto::session::Media {
+            stream_id: 1,
+            kind: MediaKind::Video,
+            timestamp: RtmpTimestamp(0),
+            payload: Bytes::from_static(&[0x17, 1, 0, 0, 0, 9]),
+            is_metadata: false,
+        };
+        for _ in 0..3 {
+            stream.relay(keyframe.clone(), pair.now, &settings(), pair.shards[0].counters());
+        }
+        pair.pump();
+        assert_eq!(mirror.delivery().messages_out, 3);
+        assert_eq!(stream.delivery().messages_out, 3, "the owner counts its own player only");
+
+        pair.shards[1].leave(&mirror, 200, 1);
+        pair.pump();
+        assert!(pair.shards[1].get(&key).is_none(), "the mirror went with its player");
+        let delivered = stream.delivery();
+        assert_eq!(delivered.messages_out, 6, "the owner kept the mirror's share");
+        assert_eq!(delivered.bytes_out, 6 * 6);
+        pair.shards[0].leave(&stream, 100, 1);
+        assert_eq!(stream.delivery().messages_out, 6, "and its own departed player's");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::task::{Context, Poll, Waker};
 
 use super::frame::{Frame, FrameClass};
 use super::{PublishRefused, PublisherInfo, StreamKey};
-use crate::metrics::Counter;
+use crate::metrics::{Counter, DeliveryTotals};
 
 /// The owner of `key` among `shards`. FNV-1a: stable across builds and platforms, so an
 /// operator (or an edge tier) can compute it too.
@@ -43,8 +43,10 @@ pub enum ShardMessage {
     Unpublish { uid: u64, conn_id: u64 },
     /// To the owner: the sending shard has players for `key` and wants its frames.
     Subscribe { key: StreamKey, token: u64 },
-    /// To the owner: the sending shard's last player of `key` left.
-    Unsubscribe { key: StreamKey },
+    /// To the owner: the sending shard's last player of `key` left; `delivered` is what its
+    /// mirror's players were sent and lost, which the owner keeps so the stream's counters do
+    /// not go backwards.
+    Unsubscribe { key: StreamKey, delivered: DeliveryTotals },
     /// To a mirror: the answer to a Subscribe: the publisher and the late-join cache.
     Snapshot {
         key: StreamKey,

@@ -4,14 +4,20 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::warn;
 
 use super::frame::{Frame, FrameClass, PLAY_STREAM_ID};
 use super::queue::{CloseReason, OutQueue};
 use super::RelaySettings;
-use crate::metrics::ShardCounters;
+use crate::metrics::{DeliveryTotals, ShardCounters};
+use crate::telemetry::LogLimiter;
+
+/// At most one "skipping" line per player per this interval. A player that keeps falling
+/// behind (or a client that reads slowly on purpose) starts a skip episode every GOP; logging
+/// each would let it flood the log. The counters still count every episode.
+const SKIP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One player of one stream.
 #[derive(Debug)]
@@ -25,7 +31,23 @@ pub struct Subscriber {
     /// resumed from pause).
     pub(super) skipping: Cell<bool>,
     paused: Cell<bool>,
+    delivery: Delivery,
+    skip_log: LogLimiter,
+}
+
+/// This player's share of its stream's out counters: plain `Cell`s, bumped on the shard that
+/// serves the player and read only when someone scrapes.
+#[derive(Debug, Default)]
+struct Delivery {
+    messages_out: Cell<u64>,
+    bytes_out: Cell<u64>,
     dropped: Cell<u64>,
+    skip_to_keyframe: Cell<u64>,
+    slow_subscriber_disconnects: Cell<u64>,
+}
+
+fn bump(cell: &Cell<u64>, n: u64) {
+    cell.set(cell.get().wrapping_add(n));
 }
 
 impl Subscriber {
@@ -37,13 +59,26 @@ impl Subscriber {
             queue,
             skipping: Cell::new(false),
             paused: Cell::new(false),
-            dropped: Cell::new(0),
+            delivery: Delivery::default(),
+            skip_log: LogLimiter::new(SKIP_LOG_INTERVAL),
         }
     }
 
     /// Frames this subscriber skipped.
     pub fn dropped(&self) -> u64 {
-        self.dropped.get()
+        self.delivery.dropped.get()
+    }
+
+    /// What this subscriber was sent and lost so far.
+    pub fn delivery(&self) -> DeliveryTotals {
+        let d = &self.delivery;
+        DeliveryTotals {
+            messages_out: d.messages_out.get(),
+            bytes_out: d.bytes_out.get(),
+            dropped: d.dropped.get(),
+            skip_to_keyframe: d.skip_to_keyframe.get(),
+            slow_subscriber_disconnects: d.slow_subscriber_disconnects.get(),
+        }
     }
 
     /// Pause stops video and audio; unpause resumes at the next keyframe.
@@ -107,29 +142,36 @@ impl Subscriber {
             } else if behind {
                 self.skipping.set(true);
                 counters.skip_to_keyframe.inc();
-                warn!(
-                    peer = %self.peer,
-                    conn = self.conn_id,
-                    lag_ms = self.queue.lag_ms(frame.timestamp),
-                    queued_bytes = self.queue.queued_bytes(),
-                    "slow subscriber: skipping to the next keyframe"
-                );
+                bump(&self.delivery.skip_to_keyframe, 1);
+                if let Some(not_logged) = self.skip_log.check(now) {
+                    warn!(
+                        peer = %self.peer,
+                        conn = self.conn_id,
+                        lag_ms = self.queue.lag_ms(frame.timestamp),
+                        queued_bytes = self.queue.queued_bytes(),
+                        skips_not_logged = not_logged,
+                        "slow subscriber: skipping to the next keyframe"
+                    );
+                }
                 self.drop_frame(counters);
                 return;
             }
         }
         counters.messages_relayed.inc();
         counters.bytes_relayed.add(frame.len() as u64);
+        bump(&self.delivery.messages_out, 1);
+        bump(&self.delivery.bytes_out, frame.len() as u64);
         self.push_frame(frame, now, settings);
     }
 
     fn drop_frame(&self, counters: &ShardCounters) {
-        self.dropped.set(self.dropped.get() + 1);
+        bump(&self.delivery.dropped, 1);
         counters.messages_dropped.inc();
     }
 
     fn disconnect(&self, reason: CloseReason, counters: &ShardCounters) {
         counters.slow_subscriber_disconnects.inc();
+        bump(&self.delivery.slow_subscriber_disconnects, 1);
         warn!(
             peer = %self.peer,
             conn = self.conn_id,
@@ -138,5 +180,115 @@ impl Subscriber {
             "disconnecting slow subscriber"
         );
         self.queue.close(reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use rtmp_proto::chunk::ChunkEncoder;
+    use rtmp_proto::session::MediaKind;
+    use rtmp_proto::time::RtmpTimestamp;
+
+    use super::*;
+    use crate::stream::CacheLimits;
+
+    fn settings() -> RelaySettings {
+        RelaySettings {
+            encoder: ChunkEncoder::new(4096),
+            cache: CacheLimits { max_bytes: 1 << 20, max_ms: 500 },
+            soft_lag_ms: 1000,
+            hard_queue_bytes: 1 << 24,
+            stall: Duration::from_secs(3600),
+            republish_wait: Duration::from_secs(30),
+            max_streams: 100,
+            max_subscribers: 100,
+            record: None,
+            record_apps: Rc::from([]),
+        }
+    }
+
+    fn video(timestamp: u32, keyframe: bool) -> Rc<Frame> {
+        let payload: &'static [u8] =
+            if keyframe { &[0x17, 1, 0, 0, 0, 9] } else { &[0x27, 1, 0, 0, 0, 9] };
+        Rc::new(Frame::new(
+            MediaKind::Video,
+            RtmpTimestamp(timestamp),
+            Bytes::from_static(payload),
+            false,
+            &ChunkEncoder::new(4096),
+        ))
+    }
+
+    /// What the code under test logs, as JSON lines.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn lines(&self) -> Vec<serde_json::Value> {
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        }
+    }
+
+    #[test]
+    fn skipping_is_logged_once_per_interval_and_the_next_line_counts_the_rest() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber =
+            tracing_subscriber::fmt().json().with_writer(move || writer.clone()).finish();
+        let settings = settings();
+        let counters = ShardCounters::default();
+        let start = Instant::now();
+        let queue = Rc::new(OutQueue::new(start));
+        let player = Subscriber::new(7, "127.0.0.1:5000".parse().unwrap(), PLAY_STREAM_ID, queue);
+        let mut timestamp = 0;
+        // One skip episode: a keyframe, then a frame 2 s later (over the 1 s soft lag) starts a
+        // skip; the socket catches up, and the next keyframe resumes.
+        let mut episode = |now: Instant| {
+            player.deliver(&video(timestamp, true), now, &settings, &counters);
+            timestamp += 2000;
+            player.deliver(&video(timestamp, false), now, &settings, &counters);
+            player
+                .queue
+                .write_with(64, now, |slices| -> Result<usize, ()> {
+                    Ok(slices.iter().map(|s| s.len()).sum())
+                })
+                .unwrap();
+            timestamp += 40;
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..50 {
+                episode(start);
+            }
+            episode(start + SKIP_LOG_INTERVAL - Duration::from_millis(1));
+            episode(start + SKIP_LOG_INTERVAL);
+        });
+
+        assert_eq!(counters.skip_to_keyframe.get(), 52, "every episode is counted");
+        assert_eq!(player.delivery().skip_to_keyframe, 52);
+        let lines: Vec<_> = captured
+            .lines()
+            .into_iter()
+            .filter(|l| l["fields"]["message"] == "slow subscriber: skipping to the next keyframe")
+            .collect();
+        assert_eq!(lines.len(), 2, "one line per interval: {lines:?}");
+        assert_eq!(lines[0]["fields"]["skips_not_logged"], 0);
+        assert_eq!(lines[1]["fields"]["skips_not_logged"], 50, "the second line counts the rest");
+        assert_eq!(lines[1]["fields"]["conn"], 7);
     }
 }

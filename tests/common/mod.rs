@@ -110,6 +110,11 @@ impl Client {
         client
     }
 
+    /// This client's end of the connection: the peer address the server sees.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.socket.local_addr().expect("local address")
+    }
+
     pub fn flush(&mut self) {
         while let Some(bytes) = self.session.poll_transmit() {
             self.socket.write_all(&bytes).expect("write to server");
