@@ -48,7 +48,7 @@ fn main() {
     ];
     if !measuring {
         for (name, (histogram, _)) in &rows {
-            assert!(histogram.len() > 0, "{name}: nothing received");
+            assert!(!histogram.is_empty(), "{name}: nothing received");
         }
         return;
     }
