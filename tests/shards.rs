@@ -66,6 +66,28 @@ fn assert_live(media: &[Media], sent: &[(MediaKind, u32, Vec<u8>)]) {
     }
 }
 
+/// A player answered on a mirror gets everything published after its Play.Start, even a burst
+/// sent at once that replaces the owner's cached GOP before the mirror's subscription could
+/// reach the owner: the mirror answers the play only once the owner's snapshot is in. Repeated
+/// on fresh keys, since without that wait the loss depends on timing.
+#[test]
+fn a_mirror_player_gets_everything_published_after_its_play_start() {
+    let server = two_shards();
+    for round in 0..20 {
+        let key = key_owned_by(&server, 0, &format!("burst{round}-"));
+        let mut publisher = Client::connect(addr(&server, 0), "live");
+        publisher.publish(&key);
+        let mut player = Client::connect(addr(&server, 1), "live");
+        player.play(&key);
+        // No waiting for the mirror: three GOPs right after Play.Start.
+        let sent = send_stream(&mut publisher, 0, 60);
+        publisher.flush();
+        assert_live(&player.media(61, WAIT), &sent);
+        publisher.close();
+        player.close();
+    }
+}
+
 #[test]
 fn publish_on_the_owner_and_play_on_another_shard() {
     let server = two_shards();

@@ -37,8 +37,8 @@ pub use socket::Socket;
 
 use crate::metrics::{ConnState, ShardCounters};
 use crate::stream::{
-    CloseReason, OutQueue, PublishRefused, PublishWaiter, PublisherInfo, Registry, Stream,
-    StreamKey, Subscriber,
+    CloseReason, OutQueue, PublishRefused, PublishWaiter, PublisherInfo, Registry, SnapshotWaiter,
+    Stream, StreamKey, Subscriber,
 };
 use crate::telemetry::LogLimiter;
 
@@ -253,6 +253,7 @@ async fn serve_connection(ctx: Rc<ConnContext>, stream: TcpStream, conn_id: u64,
         publishing: Vec::new(),
         playing: Vec::new(),
         pending_publish: None,
+        pending_play: None,
         admission,
         state,
     };
@@ -320,6 +321,8 @@ struct Connection {
     playing: Vec<(u32, Rc<Stream>)>,
     /// A publish waiting for the owner shard's answer; input processing pauses until it comes.
     pending_publish: Option<PendingPublish>,
+    /// A play waiting for this shard's mirror to be fed; input processing pauses until then.
+    pending_play: Option<PendingPlay>,
     /// This connection's place in the per-IP counts.
     admission: Admission,
     /// This connection's place in the connections-by-state gauges.
@@ -338,6 +341,14 @@ struct PendingPublish {
     stream_id: u32,
     key: StreamKey,
     waiter: Rc<PublishWaiter>,
+}
+
+/// A play on a shard whose mirror of the stream waits for the owner's first snapshot; see
+/// `Registry::join_mirror`.
+struct PendingPlay {
+    stream_id: u32,
+    key: StreamKey,
+    waiter: Rc<SnapshotWaiter>,
 }
 
 impl Connection {
@@ -404,12 +415,16 @@ impl Connection {
             if let Err(ended) = self.process(&mut input) {
                 return ended;
             }
-            while let Some(pending) = self.pending_publish.take() {
+            loop {
                 self.sync_state();
-                if let Err(ended) = self.finish_remote_publish(pending).await {
-                    return ended;
-                }
-                if let Err(ended) = self.process(&mut input) {
+                let answered = if let Some(pending) = self.pending_publish.take() {
+                    self.finish_remote_publish(pending).await
+                } else if let Some(pending) = self.pending_play.take() {
+                    self.finish_mirror_play(pending).await
+                } else {
+                    break;
+                };
+                if let Err(ended) = answered.and_then(|()| self.process(&mut input)) {
                     return ended;
                 }
             }
@@ -425,7 +440,7 @@ impl Connection {
     fn process(&mut self, input: &mut BytesMut) -> Result<(), Ended> {
         let now = Instant::now();
         loop {
-            if self.pending_publish.is_some() {
+            if self.pending_publish.is_some() || self.pending_play.is_some() {
                 return Ok(());
             }
             let before = input.len();
@@ -500,28 +515,12 @@ impl Connection {
                     );
                     return Err(Ended::Refused(limit));
                 }
-                self.session.accept_play(stream_id, &name.key);
-                // The play replies must be queued before the cached frames.
-                self.flush_session(now);
-                if self.playing.is_empty() && self.ctx.limits.player_send_buffer > 0 {
-                    // A small kernel buffer keeps a slow player's backlog in our queue, where
-                    // the slow-subscriber policy can see it.
-                    if let Err(e) = self.socket.set_send_buffer(self.ctx.limits.player_send_buffer)
-                    {
-                        debug!(error = %e, "could not set the player's send buffer");
+                match self.ctx.registry.join_mirror(&key, now).map_err(Ended::Refused)? {
+                    Some(waiter) => {
+                        self.pending_play = Some(PendingPlay { stream_id, key, waiter })
                     }
+                    None => self.start_play(stream_id, key, now)?,
                 }
-                let subscriber = Rc::new(Subscriber::new(
-                    self.conn_id,
-                    self.peer,
-                    stream_id,
-                    self.queue.clone(),
-                ));
-                // check_play passed a moment ago on this same thread: play cannot be refused.
-                let stream =
-                    self.ctx.registry.play(key.clone(), subscriber, now).map_err(Ended::Refused)?;
-                info!(stream = %key, live = stream.publisher().is_some(), "play started");
-                self.playing.push((stream_id, stream));
             }
             ServerEvent::Media(media) => {
                 match self.publishing.iter().find(|(id, _)| *id == media.stream_id) {
@@ -563,6 +562,50 @@ impl Connection {
             info!(stream = %stream.key, "play stopped");
             self.ctx.registry.leave(&stream, self.conn_id, stream_id);
         }
+    }
+
+    /// Answers a play and joins the stream: the play replies, then the late-join cache, then
+    /// live frames. `check_play` has passed on this same thread, so the join cannot be refused
+    /// (a mirror that went away meanwhile is created anew).
+    fn start_play(&mut self, stream_id: u32, key: StreamKey, now: Instant) -> Result<(), Ended> {
+        self.session.accept_play(stream_id, &key.name);
+        // The play replies must be queued before the cached frames.
+        self.flush_session(now);
+        if self.playing.is_empty() && self.ctx.limits.player_send_buffer > 0 {
+            // A small kernel buffer keeps a slow player's backlog in our queue, where the
+            // slow-subscriber policy can see it.
+            if let Err(e) = self.socket.set_send_buffer(self.ctx.limits.player_send_buffer) {
+                debug!(error = %e, "could not set the player's send buffer");
+            }
+        }
+        let subscriber =
+            Rc::new(Subscriber::new(self.conn_id, self.peer, stream_id, self.queue.clone()));
+        let stream =
+            self.ctx.registry.play(key.clone(), subscriber, now).map_err(Ended::Refused)?;
+        info!(stream = %key, live = stream.publisher().is_some(), "play started");
+        self.playing.push((stream_id, stream));
+        Ok(())
+    }
+
+    /// Waits until this shard's mirror has the owner's snapshot, then answers the play.
+    async fn finish_mirror_play(&mut self, pending: PendingPlay) -> Result<(), Ended> {
+        let fed = async {
+            pending.waiter.wait().await;
+            true
+        }
+        .or(async {
+            glommio::timer::sleep(OWNER_REPLY_TIMEOUT).await;
+            false
+        })
+        .await;
+        if !fed {
+            self.ctx.registry.leave_mirror_wait(&pending.key, &pending.waiter);
+            warn!(stream = %pending.key, "owner shard did not answer a play in time");
+            return Err(Ended::Server(CloseReason::AfterFlush));
+        }
+        self.start_play(pending.stream_id, pending.key, Instant::now())?;
+        self.flush_session(Instant::now());
+        Ok(())
     }
 
     /// Waits for the owner shard's answer to a publish, then answers the client.
@@ -640,6 +683,9 @@ impl Connection {
         if let Some(pending) = self.pending_publish.take() {
             self.ctx.registry.forget_publish_request(self.conn_id);
             drop(pending);
+        }
+        if let Some(pending) = self.pending_play.take() {
+            self.ctx.registry.leave_mirror_wait(&pending.key, &pending.waiter);
         }
         for (_, publishing) in std::mem::take(&mut self.publishing) {
             self.stop_publishing(publishing, "publisher disconnected", now);

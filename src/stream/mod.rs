@@ -34,7 +34,7 @@ pub use frame::{Frame, FrameClass, PLAY_STREAM_ID};
 pub use live::{CodecInfo, Stream};
 pub use queue::{CloseReason, OutQueue};
 pub use registry::Registry;
-pub use shard::{owner_of, PeerOutbox, PublishWaiter, ShardMessage};
+pub use shard::{owner_of, PeerOutbox, PublishWaiter, ShardMessage, SnapshotWaiter};
 pub use subscriber::Subscriber;
 
 /// A stream's identity: the `connect` app and the publish/play name without its query.

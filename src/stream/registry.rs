@@ -15,7 +15,7 @@ use tracing::{debug, info, warn, Instrument, Span};
 
 use super::frame::Frame;
 use super::live::{notify_all, Stream};
-use super::shard::{owner_of, PeerOutbox, PublishWaiter, ShardMessage};
+use super::shard::{owner_of, PeerOutbox, PublishWaiter, ShardMessage, SnapshotWaiter};
 use super::subscriber::Subscriber;
 use super::{CloseReason, PublishRefused, PublisherInfo, RelaySettings, StreamKey};
 use crate::metrics::{Counter, ShardCounters, ShardStats};
@@ -32,6 +32,8 @@ pub struct Registry {
     by_uid: RefCell<HashMap<u64, Rc<Stream>>>,
     /// Mirrors waiting for their snapshot: key -> the Subscribe token they sent.
     pending_snapshots: RefCell<HashMap<StreamKey, u64>>,
+    /// Players waiting for a pending snapshot before they are answered (see [`Self::join_mirror`]).
+    snapshot_waiters: RefCell<HashMap<StreamKey, Vec<Rc<SnapshotWaiter>>>>,
     /// Outboxes to the other shards, indexed by shard (this shard's own slot is unused).
     outboxes: Vec<Rc<PeerOutbox>>,
     /// Mesh messages received, per sending shard.
@@ -67,6 +69,7 @@ impl Registry {
             streams: RefCell::new(HashMap::new()),
             by_uid: RefCell::new(HashMap::new()),
             pending_snapshots: RefCell::new(HashMap::new()),
+            snapshot_waiters: RefCell::new(HashMap::new()),
             received: (0..shard_count).map(|_| Counter::default()).collect(),
             outboxes,
             publish_waiters: RefCell::new(HashMap::new()),
@@ -302,6 +305,48 @@ impl Registry {
         Err(refused)
     }
 
+    /// For a player of `key` on a shard that does not own it: creates this shard's mirror if
+    /// needed and, while the owner's first snapshot is on its way, returns a waiter for it. The
+    /// connection answers the play only once the snapshot is in, then calls [`Self::play`].
+    ///
+    /// Why wait: the owner forwards frames to a mirror from the moment it handles the mirror's
+    /// Subscribe. A player told Play.Start before that could miss what its publisher sends
+    /// right after (up to a GOP, when a keyframe replaces the cached one in between). Once the
+    /// snapshot is in, every frame published after the player's Play.Start reaches it, as on
+    /// the owner. The wait is one round trip over the mesh (about 0.1 ms, see tuning.md).
+    pub fn join_mirror(
+        &self,
+        key: &StreamKey,
+        now: Instant,
+    ) -> Result<Option<Rc<SnapshotWaiter>>, &'static str> {
+        if self.owns(key) {
+            return Ok(None);
+        }
+        self.get_or_create(key.clone(), now)?;
+        if !self.pending_snapshots.borrow().contains_key(key) {
+            return Ok(None);
+        }
+        let waiter = Rc::new(SnapshotWaiter::default());
+        self.snapshot_waiters.borrow_mut().entry(key.clone()).or_default().push(waiter.clone());
+        Ok(Some(waiter))
+    }
+
+    /// A player gave up waiting for `key`'s snapshot (it left, or the owner did not answer).
+    pub fn leave_mirror_wait(&self, key: &StreamKey, waiter: &Rc<SnapshotWaiter>) {
+        {
+            let mut waiters = self.snapshot_waiters.borrow_mut();
+            if let Some(list) = waiters.get_mut(key) {
+                list.retain(|w| !Rc::ptr_eq(w, waiter));
+                if list.is_empty() {
+                    waiters.remove(key);
+                }
+            }
+        }
+        if let Some(stream) = self.get(key) {
+            self.remove_if_unused(&stream);
+        }
+    }
+
     /// Adds a player to `key` and queues the late-join cache to it. On a shard that does not
     /// own `key`, the player joins this shard's mirror (created and subscribed on first use).
     /// Call [`Self::check_play`] first.
@@ -327,7 +372,8 @@ impl Registry {
     }
 
     fn remove_if_unused(&self, stream: &Rc<Stream>) {
-        if !stream.is_unused() {
+        // A mirror that players wait on is in use before they join it.
+        if !stream.is_unused() || self.snapshot_waiters.borrow().contains_key(&stream.key) {
             return;
         }
         let removed = {
@@ -483,6 +529,10 @@ impl Registry {
                     mirror.set_uid(uid);
                     self.by_uid.borrow_mut().insert(uid, mirror.clone());
                     mirror.load_snapshot(publisher, frames, now, &self.settings);
+                }
+                let waiters = self.snapshot_waiters.borrow_mut().remove(&key);
+                for waiter in waiters.into_iter().flatten() {
+                    waiter.complete(());
                 }
             }
             ShardMessage::Frame { uid, frame } => {

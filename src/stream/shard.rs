@@ -169,29 +169,40 @@ impl PeerOutbox {
     }
 }
 
-/// A connection waiting for the owner's answer to its publish.
-#[derive(Default)]
-pub struct PublishWaiter {
-    result: Cell<Option<Result<u64, PublishRefused>>>,
+/// A connection waiting for another shard's answer: the owner's decision on a publish
+/// ([`PublishWaiter`]), or the owner's snapshot that makes a mirror live ([`SnapshotWaiter`]).
+pub struct Waiter<T> {
+    result: Cell<Option<T>>,
     waker: Cell<Option<Waker>>,
 }
 
-impl std::fmt::Debug for PublishWaiter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PublishWaiter")
+/// The owner's answer to a publish: the stream's uid, or why it refused.
+pub type PublishWaiter = Waiter<Result<u64, PublishRefused>>;
+/// A mirror's first snapshot from the owner has arrived.
+pub type SnapshotWaiter = Waiter<()>;
+
+impl<T> Default for Waiter<T> {
+    fn default() -> Self {
+        Self { result: Cell::new(None), waker: Cell::new(None) }
     }
 }
 
-impl PublishWaiter {
-    pub(super) fn complete(&self, result: Result<u64, PublishRefused>) {
+impl<T> std::fmt::Debug for Waiter<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Waiter")
+    }
+}
+
+impl<T> Waiter<T> {
+    pub(super) fn complete(&self, result: T) {
         self.result.set(Some(result));
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
     }
 
-    /// The owner's answer: the stream's uid, or why it refused.
-    pub async fn wait(&self) -> Result<u64, PublishRefused> {
+    /// The answer, once it came.
+    pub async fn wait(&self) -> T {
         poll_fn(|cx| match self.result.take() {
             Some(result) => Poll::Ready(result),
             None => {
