@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -13,50 +13,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use rtmp_proto::session::MediaKind;
 use serde_json::Value;
-
-/// GET `path`; returns (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut socket = TcpStream::connect(addr).expect("connect to the control plane");
-    socket.set_read_timeout(Some(WAIT)).expect("timeout");
-    write!(socket, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").expect("request");
-    let mut response = String::new();
-    socket.read_to_string(&mut response).expect("response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("header/body split");
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
-    (status, body.to_owned())
-}
-
-/// Parses /metrics with a Prometheus parser and sums each metric over the given label filter.
-struct Metrics(prometheus_parse::Scrape);
-
-impl Metrics {
-    fn scrape(addr: SocketAddr) -> Metrics {
-        let (status, body) = get(addr, "/metrics");
-        assert_eq!(status, 200);
-        let lines = body.lines().map(|l| Ok(l.to_owned()));
-        Metrics(prometheus_parse::Scrape::parse(lines).expect("valid Prometheus exposition"))
-    }
-
-    fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
-        let samples: Vec<_> = self
-            .0
-            .samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .filter(|s| filter.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .collect();
-        assert!(!samples.is_empty(), "no samples of {name} {filter:?}");
-        samples
-            .iter()
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum()
-    }
-}
 
 #[test]
 fn counters_equal_what_was_sent_and_return_to_zero() {

@@ -954,8 +954,18 @@ fn the_server_records_a_publish_while_a_player_watches() {
     // 4 s at 25 fps plus ~43 AAC frames a second; the player joins a moment after the start.
     assert!(decoded > 200, "the player decoded {decoded} frames");
 
-    // The publisher left: its recording is finished in the background; a graceful shutdown
-    // waits for it in any case.
+    // The publisher left: its recording is finished in the background, with the server live.
+    let http = server.http_addr().expect("control plane runs");
+    common::eventually("the recording is closed after the publisher left", || {
+        let metrics = common::Metrics::scrape(http);
+        metrics.sum("rtmp_relay_recordings_started_total", &[]) == 1.0
+            && metrics.sum("rtmp_relay_recordings_active", &[]) == 0.0
+    });
+    let metrics = common::Metrics::scrape(http);
+    assert_eq!(metrics.sum("rtmp_relay_recording_errors_total", &[]), 0.0);
+    let files = flv_files(dir.path());
+    let recorded = std::fs::metadata(&files[0]).expect("recording").len() as f64;
+    assert_eq!(metrics.sum("rtmp_relay_recording_bytes_total", &[]), recorded);
     server.shutdown();
     let files = flv_files(dir.path());
     assert_eq!(files.len(), 1, "one publish, one file: {files:?}");

@@ -315,3 +315,47 @@ pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
     panic!("timed out waiting for {what}");
 }
+
+/// GET `path`; returns (status, body).
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut socket = TcpStream::connect(addr).expect("connect to the control plane");
+    socket.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(socket, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").expect("request");
+    let mut response = String::new();
+    socket.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("header/body split");
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    (status, body.to_owned())
+}
+
+/// Parses /metrics with a Prometheus parser and sums each metric over the given label filter.
+pub struct Metrics(prometheus_parse::Scrape);
+
+impl Metrics {
+    pub fn scrape(addr: SocketAddr) -> Metrics {
+        let (status, body) = get(addr, "/metrics");
+        assert_eq!(status, 200);
+        let lines = body.lines().map(|l| Ok(l.to_owned()));
+        Metrics(prometheus_parse::Scrape::parse(lines).expect("valid Prometheus exposition"))
+    }
+
+    pub fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
+        let samples: Vec<_> = self
+            .0
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| filter.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .collect();
+        assert!(!samples.is_empty(), "no samples of {name} {filter:?}");
+        samples
+            .iter()
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    }
+}
