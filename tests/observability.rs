@@ -124,7 +124,16 @@ fn stream_json_has_the_documented_fields() {
     assert_eq!(json["audio"]["codec"], "AAC");
     assert!(json["publisher"]["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:")));
     let subscriber = &json["subscribers"][0];
-    for field in ["peer", "conn_id", "shard", "bytes", "dropped", "queue_bytes", "lag_ms"] {
+    for field in [
+        "peer",
+        "conn_id",
+        "shard",
+        "bytes",
+        "dropped",
+        "queue_bytes",
+        "lag_ms",
+        "unacknowledged_bytes",
+    ] {
         assert!(subscriber.get(field).is_some(), "missing subscriber {field}: {subscriber}");
     }
     assert!(json["time_to_first_frame"]["count"].as_u64() >= Some(1));

@@ -547,7 +547,11 @@ impl Connection {
                     stream.set_paused(self.conn_id, stream_id, paused);
                 }
             }
-            ServerEvent::Acknowledged { .. } => {}
+            // Flow control is the kernel's send buffer and the slow-subscriber policy; the
+            // player's acknowledgements say how much of what was written it has really received.
+            ServerEvent::Acknowledged { sequence_number } => {
+                self.queue.acknowledge(sequence_number)
+            }
         }
         Ok(())
     }

@@ -128,4 +128,7 @@ pub struct SubscriberStats {
     pub queue_bytes: usize,
     /// Milliseconds of media queued: how far behind live the player is.
     pub lag_ms: u32,
+    /// Bytes written but not yet acknowledged by the player (RTMP Acknowledgement): what waits
+    /// in kernel buffers and on the network, beyond `queue_bytes`. 0 if it never acknowledges.
+    pub unacknowledged_bytes: u64,
 }

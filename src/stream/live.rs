@@ -564,6 +564,7 @@ impl Stream {
                 dropped: s.dropped(),
                 queue_bytes: s.queue.queued_bytes(),
                 lag_ms: s.queue.lag_ms(state.last_timestamp),
+                unacknowledged_bytes: s.queue.unacknowledged_bytes(),
             })
             .collect();
         StreamStats {

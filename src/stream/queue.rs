@@ -94,6 +94,8 @@ pub struct OutQueue {
     /// When the writer last made progress, or when the queue last went from empty to non-empty.
     last_progress: Cell<Instant>,
     bytes_written: Cell<u64>,
+    /// What the peer says it has received (RTMP Acknowledgement), widened to 64 bits.
+    acknowledged: Cell<u64>,
     stats: RefCell<Option<Rc<WaitStats>>>,
     /// When the player asked to play, until its first frame is written.
     play_started: Cell<Option<Instant>>,
@@ -118,6 +120,7 @@ impl OutQueue {
             closed: Cell::new(None),
             last_progress: Cell::new(now),
             bytes_written: Cell::new(0),
+            acknowledged: Cell::new(0),
             stats: RefCell::new(None),
             play_started: Cell::new(None),
         }
@@ -134,6 +137,27 @@ impl OutQueue {
 
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written.get()
+    }
+
+    /// Records the peer's Acknowledgement: `sequence_number` is the total it has received,
+    /// modulo 2^32. It can only acknowledge what was written, so it is widened against
+    /// `bytes_written` (clients differ on whether the handshake counts: a few KiB either way).
+    pub fn acknowledge(&self, sequence_number: u32) {
+        let written = self.bytes_written.get();
+        let behind = (written as u32).wrapping_sub(sequence_number);
+        // "Behind" by more than half the 32-bit space means a little ahead: a peer that
+        // counted bytes we did not (the handshake). It has everything.
+        let behind = if behind > u32::MAX / 2 { 0 } else { u64::from(behind) };
+        self.acknowledged.set(written.saturating_sub(behind).max(1));
+    }
+
+    /// Bytes written to the socket that the peer has not acknowledged yet: what is in the
+    /// kernel's buffers and on the network. Zero for peers that never acknowledge.
+    pub fn unacknowledged_bytes(&self) -> u64 {
+        match self.acknowledged.get() {
+            0 => 0,
+            acked => self.bytes_written.get().saturating_sub(acked),
+        }
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
@@ -309,6 +333,22 @@ mod tests {
     use super::*;
     use rtmp_proto::chunk::ChunkEncoder;
     use rtmp_proto::session::MediaKind;
+
+    #[test]
+    fn acknowledgements_are_widened_against_what_was_written() {
+        let now = Instant::now();
+        let queue = OutQueue::new(now);
+        assert_eq!(queue.unacknowledged_bytes(), 0, "no acknowledgement yet");
+        // As if 5 GiB had been written: the 32-bit sequence number has wrapped once.
+        queue.bytes_written.set(5 << 30);
+        let acked: u64 = (5 << 30) - 100_000;
+        queue.acknowledge(acked as u32);
+        assert_eq!(queue.unacknowledged_bytes(), 100_000);
+        // A peer that claims a little more than was written (it counted the handshake) has
+        // everything.
+        queue.acknowledge(((5u64 << 30) + 3073) as u32);
+        assert_eq!(queue.unacknowledged_bytes(), 0);
+    }
 
     fn frame(ts: u32, len: usize) -> Rc<Frame> {
         let encoder = ChunkEncoder::new(4096);
