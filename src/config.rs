@@ -126,8 +126,9 @@ pub struct Config {
     pub max_connections_per_ip: u32,
 
     /// Most connections from one IP address still in the handshake (before `connect`). A
-    /// flood of half-open handshakes from one address cannot crowd out other clients.
-    #[arg(long, default_value_t = 50)]
+    /// flood of half-open handshakes from one address cannot crowd out other clients. High
+    /// enough for a restreaming host or a NAT that reconnects a hundred clients at once.
+    #[arg(long, default_value_t = 200)]
     pub max_handshaking_per_ip: u32,
 
     /// Most streams (published or waited for) per shard.
