@@ -4,11 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::time::Duration;
 
 use common::*;
 use rtmp_proto::session::MediaKind;
@@ -298,86 +295,13 @@ fn connections_by_state_follow_each_connection_and_return_to_zero() {
     eventually("every state back to zero", || states() == ([0.0; 4], true));
 }
 
-/// The real binary logging JSON to stdout, killed when dropped. Every stdout line goes through
-/// a channel: `Ok` when it parses as JSON, `Err` with the line when it does not.
-struct JsonRelay {
-    child: Child,
-    addr: SocketAddr,
-    lines: mpsc::Receiver<Result<Value, String>>,
-    /// Lines read while waiting for another: a later wait may want them.
-    unmatched: std::cell::RefCell<Vec<Value>>,
-}
-
-impl JsonRelay {
-    fn start(extra: &[&str]) -> JsonRelay {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rtmp-relay"))
-            .args(["--log-format", "json", "--listen", "127.0.0.1:0", "--no-http"])
-            .args(["--shards", "2", "--log-level", "info"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start rtmp-relay");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let parsed = serde_json::from_str::<Value>(&line).map_err(|_| line);
-                if tx.send(parsed).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut relay = JsonRelay {
-            child,
-            addr: "0.0.0.0:0".parse().expect("address"),
-            lines,
-            unmatched: Default::default(),
-        };
-        // The line that says where it listens: {"fields":{"message":"rtmp-relay listening",
-        // "addr":"127.0.0.1:PORT",...}}
-        let listening = relay.wait_for("the listening line", |log| {
-            log["fields"]["message"] == "rtmp-relay listening"
-        });
-        let addr = listening["fields"]["addr"].as_str().expect("addr field");
-        relay.addr = addr.parse().expect("socket address");
-        relay
-    }
-
-    /// The first log line that `matches`, among the lines not taken yet, waiting up to
-    /// [`WAIT`]; panics on a line that is not JSON or if the binary exits first.
-    fn wait_for(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
-        let mut unmatched = self.unmatched.borrow_mut();
-        if let Some(i) = unmatched.iter().position(&matches) {
-            return unmatched.remove(i);
-        }
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(Ok(log)) if matches(&log) => return log,
-                Ok(Ok(log)) => unmatched.push(log),
-                Ok(Err(line)) => panic!("a log line is not JSON: {line}"),
-                Err(_) => panic!("no log line for {what}"),
-            }
-        }
-    }
-}
-
-impl Drop for JsonRelay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn message(log: &Value) -> &str {
     log["fields"]["message"].as_str().unwrap_or("")
 }
 
 #[test]
 fn json_logs_carry_the_connection_span() {
-    let relay = JsonRelay::start(&[]);
+    let relay = RelayProcess::start(&[]);
     let mut player = Client::connect(relay.addr, "live");
     let peer = player.local_addr().to_string();
     let opened = relay.wait_for("the connection's open line", |log| {
@@ -400,7 +324,7 @@ fn json_logs_carry_the_connection_span() {
 
 #[test]
 fn shard_tasks_log_inside_a_span_that_names_the_shard() {
-    let relay = JsonRelay::start(&["--republish-wait-secs", "1"]);
+    let relay = RelayProcess::start(&["--republish-wait-secs", "1"]);
     let owned_by = |shard: usize| {
         (0..)
             .map(|i| format!("owned{shard}-{i}"))

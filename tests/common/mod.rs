@@ -359,3 +359,103 @@ impl Metrics {
             .sum()
     }
 }
+
+/// The real binary (`rtmp-relay`, two shards) logging JSON to stdout, killed when dropped. Every stdout line goes through
+/// a channel: `Ok` when it parses as JSON, `Err` with the line when it does not.
+pub struct RelayProcess {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+    lines: std::sync::mpsc::Receiver<Result<serde_json::Value, String>>,
+    /// Lines read while waiting for another: a later wait may want them.
+    unmatched: std::cell::RefCell<Vec<serde_json::Value>>,
+}
+
+impl RelayProcess {
+    pub fn start(extra: &[&str]) -> RelayProcess {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rtmp-relay"))
+            .args(["--log-format", "json", "--listen", "127.0.0.1:0", "--no-http"])
+            .args(["--shards", "2", "--log-level", "info"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start rtmp-relay");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in
+                std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok)
+            {
+                let parsed = serde_json::from_str::<serde_json::Value>(&line).map_err(|_| line);
+                if tx.send(parsed).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut relay = RelayProcess {
+            child,
+            addr: "0.0.0.0:0".parse().expect("address"),
+            lines,
+            unmatched: Default::default(),
+        };
+        // The line that says where it listens: {"fields":{"message":"rtmp-relay listening",
+        // "addr":"127.0.0.1:PORT",...}}
+        let listening = relay.wait_for("the listening line", |log| {
+            log["fields"]["message"] == "rtmp-relay listening"
+        });
+        let addr = listening["fields"]["addr"].as_str().expect("addr field");
+        relay.addr = addr.parse().expect("socket address");
+        relay
+    }
+
+    /// The first log line that `matches`, among the lines not taken yet, waiting up to
+    /// [`WAIT`]; panics on a line that is not JSON or if the binary exits first.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let mut unmatched = self.unmatched.borrow_mut();
+        if let Some(i) = unmatched.iter().position(&matches) {
+            return unmatched.remove(i);
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(Ok(log)) if matches(&log) => return log,
+                Ok(Ok(log)) => unmatched.push(log),
+                Ok(Err(line)) => panic!("a log line is not JSON: {line}"),
+                Err(_) => panic!("no log line for {what}"),
+            }
+        }
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl RelayProcess {
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on the pid of a child we own and have not reaped.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill");
+    }
+
+    /// Waits at most `limit` for the process to exit; its exit code.
+    pub fn exit_code(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
