@@ -71,8 +71,33 @@ fn main() {
     }
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+/// What the receiving side saw: nanoseconds in flight per message, and the arrival rate.
+struct Arrivals {
+    expected: usize,
+    in_flight: Histogram<u64>,
+    first: Option<Instant>,
+}
+
+impl Arrivals {
+    fn new(expected: usize) -> Self {
+        let in_flight =
+            Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds");
+        Arrivals { expected, in_flight, first: None }
+    }
+
+    /// Records one arrival; true once every expected message has arrived.
+    fn record(&mut self, sent: Stamp) -> bool {
+        let now = Instant::now();
+        self.first.get_or_insert(now);
+        self.in_flight.saturating_record(now.duration_since(sent).as_nanos() as u64);
+        self.in_flight.len() as usize == self.expected
+    }
+
+    fn finish(self) -> (Histogram<u64>, f64) {
+        let seconds = self.first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+        let rate = if seconds > 0.0 { self.expected as f64 / seconds } else { 0.0 };
+        (self.in_flight, rate)
+    }
 }
 
 /// Sends `count` stamps from an executor on `cpus.0` to one on `cpus.1` over a two-peer mesh;
@@ -101,20 +126,15 @@ fn cross_shard(
     let receiver = LocalExecutorBuilder::new(Placement::Fixed(cpus.1))
         .spawn(move || async move {
             let (_senders, mut receivers) = mesh.join().await.expect("join the mesh");
-            let mut histogram = histogram();
-            let mut first = None;
+            let mut arrivals = Arrivals::new(count);
             for (_, stream) in receivers.streams() {
                 while let Some(sent) = stream.recv().await {
-                    let now = Instant::now();
-                    first.get_or_insert(now);
-                    histogram.saturating_record(now.duration_since(sent).as_nanos() as u64);
-                    if histogram.len() as usize == count {
+                    if arrivals.record(sent) {
                         break;
                     }
                 }
             }
-            let elapsed = first.map_or(0.0, |f: Instant| f.elapsed().as_secs_f64());
-            (histogram, rate(count, elapsed))
+            arrivals.finish()
         })
         .expect("start the receiving executor");
     sender.join().expect("sender");
@@ -127,18 +147,13 @@ fn local(count: usize, pace: Option<Duration>, cpu: usize) -> (Histogram<u64>, f
         .spawn(move || async move {
             let (tx, rx) = local_channel::new_bounded::<Stamp>(MESH_CAPACITY);
             let receiving = glommio::spawn_local(async move {
-                let mut histogram = histogram();
-                let mut first = None;
+                let mut arrivals = Arrivals::new(count);
                 while let Some(sent) = rx.recv().await {
-                    let now = Instant::now();
-                    first.get_or_insert(now);
-                    histogram.saturating_record(now.duration_since(sent).as_nanos() as u64);
-                    if histogram.len() as usize == count {
+                    if arrivals.record(sent) {
                         break;
                     }
                 }
-                let elapsed = first.map_or(0.0, |f: Instant| f.elapsed().as_secs_f64());
-                (histogram, rate(count, elapsed))
+                arrivals.finish()
             });
             for _ in 0..count {
                 if let Some(pace) = pace {
@@ -151,12 +166,4 @@ fn local(count: usize, pace: Option<Duration>, cpu: usize) -> (Histogram<u64>, f
         .expect("start the executor")
         .join()
         .expect("local run")
-}
-
-fn rate(count: usize, seconds: f64) -> f64 {
-    if seconds > 0.0 {
-        count as f64 / seconds
-    } else {
-        0.0
-    }
 }
