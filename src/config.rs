@@ -41,6 +41,11 @@ pub struct Config {
     #[arg(long, hide = true)]
     pub debug_shard_listeners: bool,
 
+    /// Testing aid: a play of this stream key panics its connection's task, so a test can see
+    /// what a panic does to the process (it must exit loudly, not run on with a dead shard).
+    #[arg(long, hide = true)]
+    pub debug_panic_on_key: Option<String>,
+
     /// Address of the HTTP control plane: /metrics (Prometheus), /api/streams (JSON), /healthz.
     /// Keep it on localhost or behind a firewall: it lists peers and stream keys.
     #[arg(long, env = "RTMP_RELAY_HTTP", default_value = "127.0.0.1:8935")]

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(&config);
+    abort_on_panic();
     // Block SIGINT/SIGTERM here, before any shard thread exists, so every thread inherits the
     // mask and the signals wait for `sigwait` below instead of killing the process mid-write.
     let signals = match block_shutdown_signals() {
@@ -44,6 +45,20 @@ fn main() -> ExitCode {
     server.shutdown();
     info!("shut down");
     ExitCode::SUCCESS
+}
+
+/// A panic anywhere ends the process, loudly. glommio does not catch panics in tasks: one
+/// would unwind out of its shard's executor and leave the server running without that shard
+/// (its streams unreachable, the other shards' mesh messages to it lost). A supervisor restarts
+/// a process that died; nothing restarts a shard. `tests/shutdown.rs` shows it happen.
+fn abort_on_panic() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        error!(thread = thread.name().unwrap_or("?"), panic = %info, "panic: exiting");
+        default_hook(info);
+        std::process::abort();
+    }));
 }
 
 fn block_shutdown_signals() -> std::io::Result<libc::sigset_t> {

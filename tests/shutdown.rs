@@ -1,6 +1,6 @@
 //! Graceful shutdown of the real binary: SIGTERM stops accepting, tells players the stream ended
 //! (StreamEOF + UnpublishNotify), closes recordings and exits 0 within the shutdown timeout; a
-//! second signal exits at once.
+//! second signal exits at once. And the ungraceful end: a panic aborts the whole process.
 
 mod common;
 
@@ -64,4 +64,20 @@ fn a_second_signal_exits_at_once() {
     assert_eq!(relay.exit_code(WAIT), Some(130), "exit code after a second signal");
     assert!(asked.elapsed() < Duration::from_secs(10), "took {:?}", asked.elapsed());
     drop(stalled);
+}
+
+/// glommio does not contain a panic in a task: it would take its shard down and leave the rest
+/// running. The binary aborts instead, with a log line, so a supervisor restarts it whole.
+#[test]
+fn a_panicking_connection_aborts_the_process_loudly() {
+    let mut relay = RelayProcess::start(&["--debug-panic-on-key", "boom"]);
+    let mut bystander = Client::connect(relay.addr, "live");
+    bystander.publish("fine");
+    let mut player = Client::connect(relay.addr, "live");
+    player.request_play("boom");
+    let log = relay.wait_for("the panic line", |log| log["fields"]["message"] == "panic: exiting");
+    assert!(log["fields"]["panic"].as_str().is_some_and(|p| p.contains("on purpose")), "{log}");
+    // SIGABRT: no exit code.
+    assert_eq!(relay.exit_code(WAIT), Some(-1), "the process aborted");
+    assert!(bystander.wait_closed(WAIT), "every connection went with it");
 }

@@ -65,6 +65,8 @@ pub struct ConnContext {
     pub max_connections: usize,
     /// Per-IP counts of this shard's connections.
     ip_table: Rc<IpTable>,
+    /// Testing aid (`--debug-panic-on-key`): playing this key panics the connection's task.
+    pub debug_panic_key: Option<String>,
     /// Time base for handshake timestamps.
     pub epoch: Instant,
     /// Every open connection's queue, so a shutdown can close them all.
@@ -97,6 +99,7 @@ impl ConnContext {
             limits,
             max_connections,
             ip_table: Rc::default(),
+            debug_panic_key: None,
             epoch,
             open: RefCell::new(HashMap::new()),
             refusal_log: LogLimiter::new(Duration::from_secs(1)),
@@ -505,6 +508,9 @@ impl Connection {
             }
             ServerEvent::PlayRequested { stream_id, name } => {
                 Span::current().record("key", name.key.as_str());
+                if self.ctx.debug_panic_key.as_deref() == Some(name.key.as_str()) {
+                    panic!("--debug-panic-on-key: a play of {:?} panics on purpose", name.key);
+                }
                 let key = self.key(&name.key);
                 if let Err(limit) = self.ctx.registry.check_play(&key) {
                     warn!(stream = %key, limit, "play refused");

@@ -386,14 +386,16 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
         shard_id,
         outboxes.clone(),
     );
-    let ctx = Rc::new(ConnContext::new(
+    let mut ctx = ConnContext::new(
         shard_id,
         registry,
         counters.clone(),
         config.session_config(),
         config.connection_limits(shard_count),
         config.max_connections.div_ceil(shard_count).max(1),
-    ));
+    );
+    ctx.debug_panic_key = config.debug_panic_on_key.clone();
+    let ctx = Rc::new(ctx);
     let snapshot = {
         let ctx = ctx.clone();
         move || ShardSnapshot {

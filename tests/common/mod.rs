@@ -234,11 +234,16 @@ impl Client {
         self.flush();
     }
 
-    /// createStream + play; waits for Play.Start.
-    pub fn play(&mut self, key: &str) {
+    /// createStream + play, without waiting for the answer.
+    pub fn request_play(&mut self, key: &str) {
         self.stream_id = self.create_stream();
         self.session.play(self.stream_id, key);
         self.flush();
+    }
+
+    /// createStream + play; waits for Play.Start.
+    pub fn play(&mut self, key: &str) {
+        self.request_play(key);
         self.expect(
             |e| matches!(e, ClientEvent::Status { code, .. } if code == "NetStream.Play.Start"),
             "Play.Start",
