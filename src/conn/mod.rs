@@ -378,6 +378,10 @@ impl Connection {
             if let Some(reason) = self.queue.close_reason() {
                 return Ended::Server(reason);
             }
+            // A read of a socket that has data never waits, so a publisher sending faster than
+            // this shard decodes would keep this loop running, and every other connection, the
+            // writers and the housekeeping of the shard waiting, for as long as it likes.
+            glommio::yield_if_needed().await;
         }
     }
 
