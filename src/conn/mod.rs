@@ -563,11 +563,14 @@ impl Connection {
                 self.ctx.counters.publishes_rejected.inc();
                 warn!(stream = %key,
                     reason = %refused, "publish refused");
-                self.session.reject_publish(
-                    stream_id,
-                    code::PUBLISH_BAD_NAME,
-                    &format!("{key} is already being published"),
-                );
+                // Not `refused` itself: that names the other publisher's address.
+                let description = match refused {
+                    PublishRefused::AlreadyPublishing { .. } => {
+                        format!("{key} is already being published")
+                    }
+                    PublishRefused::Limit(limit) => format!("limit {limit} reached"),
+                };
+                self.session.reject_publish(stream_id, code::PUBLISH_BAD_NAME, &description);
                 Err(Ended::PublishRefused)
             }
         }
