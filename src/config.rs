@@ -144,6 +144,11 @@ pub struct Config {
     #[arg(long, default_value_t = 10_000)]
     pub max_subscribers_per_stream: usize,
 
+    /// Longest app name or stream key accepted, in bytes. Names end up in log lines, metric
+    /// labels, map keys and file names; real keys are a few dozen bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub max_stream_name_bytes: usize,
+
     /// Most chunk streams one connection may use (real clients use fewer than 10).
     #[arg(long, default_value_t = 64)]
     pub max_chunk_streams: usize,
@@ -359,6 +364,7 @@ impl Config {
             player_send_buffer: self.player_send_buffer_bytes,
             max_per_ip: share(self.max_connections_per_ip),
             max_handshaking_per_ip: share(self.max_handshaking_per_ip),
+            max_name_bytes: self.max_stream_name_bytes,
         }
     }
 

@@ -27,6 +27,8 @@ pub struct ConnLimits {
     pub max_per_ip: u32,
     /// Connections per IP address still before `connect` on this shard (its share).
     pub max_handshaking_per_ip: u32,
+    /// Longest app or stream key (log and label flooding, oversized map keys).
+    pub max_name_bytes: usize,
 }
 
 /// Which admission limit refused a connection.
@@ -138,6 +140,7 @@ mod tests {
             player_send_buffer: 0,
             max_per_ip: per_ip,
             max_handshaking_per_ip: handshaking,
+            max_name_bytes: 1024,
         }
     }
 

@@ -292,7 +292,7 @@ async fn serve_connection(ctx: Rc<ConnContext>, stream: TcpStream, conn_id: u64,
             info!(reason = reason.as_str(), "connection closed by server")
         }
         Ended::PublishRefused => {}
-        Ended::Refused(limit) => info!(limit, "connection closed: a limit refused its play"),
+        Ended::Refused(limit) => info!(limit, "connection closed: a limit refused it"),
     }
     // Replies already queued (a refusal, a Play.Stop) still go out, within a bound.
     queue.close(CloseReason::AfterFlush);
@@ -434,6 +434,10 @@ impl Connection {
             if let Some(reason) = self.queue.close_reason() {
                 return Ended::Server(reason);
             }
+            // A read of a socket that has data never waits, so a publisher sending faster than
+            // this shard decodes would keep this loop running, and every other connection, the
+            // writers and the housekeeping of the shard waiting, for as long as it likes.
+            glommio::yield_if_needed().await;
         }
     }
 
@@ -488,12 +492,22 @@ impl Connection {
     fn on_event(&mut self, event: ServerEvent, now: Instant) -> Result<(), Ended> {
         match event {
             ServerEvent::Connected(params) => {
+                self.check_name_length(params.app.len())?;
                 Span::current().record("app", params.app.as_str());
                 self.admission.handshake_done();
                 debug!(app = %params.app,
                     flash_ver = params.flash_ver.as_deref().unwrap_or(""), "connected");
             }
             ServerEvent::PublishRequested { stream_id, name, .. } => {
+                if let Err(refused) = self.check_name_length(name.key.len()) {
+                    self.ctx.counters.publishes_rejected.inc();
+                    self.session.reject_publish(
+                        stream_id,
+                        code::PUBLISH_BAD_NAME,
+                        "stream key too long",
+                    );
+                    return Err(refused);
+                }
                 Span::current().record("key", name.key.as_str());
                 let key = self.key(&name.key);
                 let publisher = PublisherInfo { conn_id: self.conn_id, peer: self.peer };
@@ -507,6 +521,10 @@ impl Connection {
                 self.answer_publish(stream_id, key, target)?;
             }
             ServerEvent::PlayRequested { stream_id, name } => {
+                if let Err(refused) = self.check_name_length(name.key.len()) {
+                    self.session.reject_play(stream_id, code::PLAY_FAILED, "stream key too long");
+                    return Err(refused);
+                }
                 Span::current().record("key", name.key.as_str());
                 if self.ctx.debug_panic_key.as_deref() == Some(name.key.as_str()) {
                     panic!("--debug-panic-on-key: a play of {:?} panics on purpose", name.key);
@@ -572,6 +590,18 @@ impl Connection {
             info!(stream = %stream.key, "play stopped");
             self.ctx.registry.leave(&stream, self.conn_id, stream_id);
         }
+    }
+
+    /// Refuses an app or stream key longer than `--max-stream-name-bytes`, before it reaches a
+    /// log line, a span or the registry (the name itself is not echoed).
+    fn check_name_length(&self, len: usize) -> Result<(), Ended> {
+        if len <= self.ctx.limits.max_name_bytes {
+            return Ok(());
+        }
+        const LIMIT: &str = "max_stream_name_bytes";
+        self.ctx.counters.limit_tripped(LIMIT);
+        warn!(len, limit = LIMIT, "name too long: closing the connection");
+        Err(Ended::Refused(LIMIT))
     }
 
     /// Answers a play and joins the stream: the play replies, then the late-join cache, then
@@ -664,11 +694,14 @@ impl Connection {
                 self.ctx.counters.publishes_rejected.inc();
                 warn!(stream = %key,
                     reason = %refused, "publish refused");
-                self.session.reject_publish(
-                    stream_id,
-                    code::PUBLISH_BAD_NAME,
-                    &format!("{key} is already being published"),
-                );
+                // Not `refused` itself: that names the other publisher's address.
+                let description = match refused {
+                    PublishRefused::AlreadyPublishing { .. } => {
+                        format!("{key} is already being published")
+                    }
+                    PublishRefused::Limit(limit) => format!("limit {limit} reached"),
+                };
+                self.session.reject_publish(stream_id, code::PUBLISH_BAD_NAME, &description);
                 Err(Ended::PublishRefused)
             }
         }

@@ -72,6 +72,10 @@ pub struct ShardSnapshot {
     pub counters: CountersSnapshot,
     /// Per peer shard: (messages sent to it, messages received from it, media dropped to it).
     pub mesh: Vec<(u64, u64, u64)>,
+    /// Limits that tripped, by name (as in `rtmp_relay_limits_tripped_total{limit}`).
+    pub limits: Vec<(&'static str, u64)>,
+    /// Connections closed for a protocol violation, by kind (`SessionError::kind`).
+    pub protocol_errors: Vec<(&'static str, u64)>,
 }
 
 enum Control {
@@ -151,6 +155,19 @@ impl ServerHandle {
         self.shard_snapshots()
             .into_iter()
             .fold(CountersSnapshot::default(), |total, s| total + s.counters)
+    }
+
+    /// How many times the limit `name` tripped, all shards together.
+    pub fn limit_trips(&self, name: &str) -> u64 {
+        let snapshots = self.shard_snapshots();
+        snapshots.iter().flat_map(|s| &s.limits).filter(|(n, _)| *n == name).map(|(_, c)| c).sum()
+    }
+
+    /// How many connections were closed for a protocol violation of `kind`, all shards together.
+    pub fn protocol_errors_of(&self, kind: &str) -> u64 {
+        let snapshots = self.shard_snapshots();
+        let all = snapshots.iter().flat_map(|s| &s.protocol_errors);
+        all.filter(|(k, _)| *k == kind).map(|(_, c)| c).sum()
     }
 
     /// Stops accepting, closes every connection and joins every shard thread.
@@ -360,6 +377,8 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
                     shard: thread_index,
                     counters: CountersSnapshot::default(),
                     mesh: Vec::new(),
+                    limits: Vec::new(),
+                    protocol_errors: Vec::new(),
                 };
                 wait_for_shutdown(&control, starting, || None).await;
                 None
@@ -402,6 +421,8 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
             shard: shard_id,
             counters: ctx.counters.snapshot(),
             mesh: ctx.registry.mesh_counts(),
+            limits: ctx.counters.limits_tripped(),
+            protocol_errors: ctx.counters.protocol_errors_by_kind(),
         }
     };
 

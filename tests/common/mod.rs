@@ -90,6 +90,23 @@ impl Client {
     /// TCP connect + handshake + `connect(app)`.
     pub fn connect(addr: SocketAddr, app: &str) -> Client {
         let socket = TcpStream::connect(addr).expect("tcp connect");
+        Client::connect_over(socket, addr, app)
+    }
+
+    /// Handshake + `connect(app)` over a socket the caller connected to `addr` (bound to a
+    /// chosen source address, or with a small receive buffer).
+    pub fn connect_over(socket: TcpStream, addr: SocketAddr, app: &str) -> Client {
+        let mut client = Client::handshake_over(socket);
+        client.session.set_chunk_size(4096);
+        client.session.connect(app, &format!("rtmp://{addr}/{app}"));
+        client.flush();
+        client.expect(|e| matches!(e, ClientEvent::Connected), "connect result");
+        client
+    }
+
+    /// Only the handshake: nothing of the chunk stream is sent yet, and both sides still use
+    /// the default chunk size (128). Hostile tests write what follows by hand.
+    pub fn handshake_over(socket: TcpStream) -> Client {
         socket.set_nodelay(true).expect("nodelay");
         let random: Vec<u8> = (0..3072u32).map(|i| (i * 7 + 3) as u8).collect();
         let session = ClientSession::new(SessionConfig::default(), 0, &random, true);
@@ -103,10 +120,6 @@ impl Client {
         };
         client.flush();
         client.expect(|e| matches!(e, ClientEvent::HandshakeDone), "handshake");
-        client.session.set_chunk_size(4096);
-        client.session.connect(app, &format!("rtmp://{addr}/{app}"));
-        client.flush();
-        client.expect(|e| matches!(e, ClientEvent::Connected), "connect result");
         client
     }
 
@@ -115,10 +128,32 @@ impl Client {
         self.socket.local_addr().expect("local address")
     }
 
+    /// The protocol state, to send through it what the helpers here do not.
+    pub fn session(&mut self) -> &mut ClientSession {
+        &mut self.session
+    }
+
+    pub fn socket(&self) -> &TcpStream {
+        &self.socket
+    }
+
     pub fn flush(&mut self) {
+        self.try_flush().expect("write to server");
+    }
+
+    /// Writes what the session has queued; an error (the server closed on us) is returned.
+    pub fn try_flush(&mut self) -> std::io::Result<()> {
         while let Some(bytes) = self.session.poll_transmit() {
-            self.socket.write_all(&bytes).expect("write to server");
+            self.socket.write_all(&bytes)?;
         }
+        Ok(())
+    }
+
+    /// Writes `bytes` as they are, bypassing the session (hand-made chunks). Errors are
+    /// returned: the server may well have closed the connection on the bytes before.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.try_flush()?;
+        self.socket.write_all(bytes)
     }
 
     /// Reads once (up to `timeout`) and turns what arrived into events. False on timeout or EOF.
@@ -139,7 +174,9 @@ impl Client {
                 while let Some(event) = self.session.poll_event() {
                     self.events.push_back(event);
                 }
-                self.flush();
+                // Acknowledgements and ping responses; a server that closed meanwhile is
+                // seen on the next read.
+                let _ = self.try_flush();
                 true
             }
             Err(e)
@@ -464,3 +501,115 @@ impl RelayProcess {
         None
     }
 }
+
+/// A key no other test uses: `prefix-<n>`.
+pub fn fresh_key(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{n}")
+}
+
+/// What a round trip publishes after the metadata: both sequence headers, then one GOP of
+/// video (a 100 KB keyframe that spans many chunks, then inter frames) with audio between.
+///
+/// One GOP, because a player on a shard that does not own the stream is fed by the owner only
+/// once its subscription crossed the mesh; what was published before that reaches it through
+/// the late-join cache, which holds the current GOP only.
+pub fn round_trip_messages() -> Vec<(MediaKind, u32, Vec<u8>)> {
+    let mut messages = vec![
+        (MediaKind::Audio, 0, AAC_SEQUENCE_HEADER.to_vec()),
+        (MediaKind::Video, 0, AVC_SEQUENCE_HEADER.to_vec()),
+    ];
+    for seq in 0..24u32 {
+        let keyframe = seq == 0;
+        let len = if keyframe { 100_000 } else { 500 + seq as usize * 97 };
+        messages.push((MediaKind::Video, seq * 40, video_frame(seq, keyframe, len)));
+        messages.push((MediaKind::Audio, seq * 40 + 20, audio_frame(seq)));
+    }
+    messages
+}
+
+/// A fresh publish -> play round trip on a new key of app `live`: the server is alive and
+/// relays every message byte-exact and in order.
+pub fn assert_round_trip(server: &ServerHandle) {
+    assert_round_trip_with(server, "live", &fresh_key("round-trip"), |_| {});
+}
+
+/// [`assert_round_trip`] on `app/key`, with `prepare` applied to the publisher's connection
+/// before it publishes (a different chunk size, say). Both clients are closed at the end.
+pub fn assert_round_trip_with(
+    server: &ServerHandle,
+    app: &str,
+    key: &str,
+    prepare: impl FnOnce(&mut Client),
+) {
+    let addr = server.local_addr();
+    let mut publisher = Client::connect(addr, app);
+    prepare(&mut publisher);
+    let code = publisher.publish(key);
+    assert_eq!(code, "NetStream.Publish.Start", "publish of {} bytes of key", key.len());
+    let mut player = Client::connect(addr, app);
+    player.play(key);
+    let sent = round_trip_messages();
+    publisher.send_metadata();
+    for (kind, timestamp, payload) in &sent {
+        publisher.send(*kind, *timestamp, payload);
+    }
+    let media = player.media(sent.len() + 2, WAIT);
+    assert_eq!(media.len(), sent.len() + 2, "round trip: every message arrives");
+    // |RtmpSampleAccess, then onMetaData without its @setDataFrame wrapper, then the rest.
+    assert_eq!(media[0].kind, MediaKind::Data);
+    let mut expected_metadata = BytesMut::new();
+    rtmp_proto::amf0::encode_all(
+        &[Amf0Value::string("onMetaData"), metadata()],
+        &mut expected_metadata,
+    );
+    assert_eq!((media[1].kind, &media[1].payload[..]), (MediaKind::Data, &expected_metadata[..]));
+    for (got, (kind, timestamp, payload)) in media[2..].iter().zip(&sent) {
+        assert_eq!((got.kind, got.timestamp.0), (*kind, *timestamp), "kind and timestamp");
+        assert!(got.payload[..] == payload[..], "payload of a {kind:?} message at {timestamp}");
+    }
+    publisher.close();
+    player.close();
+}
+
+/// Waits until the server holds no connection, stream, publisher or player any more.
+pub fn assert_all_released(server: &ServerHandle) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let c = server.counters();
+        let idle = c.connections_open == 0
+            && c.streams == 0
+            && c.mirrors == 0
+            && c.publishers == 0
+            && c.subscribers == 0;
+        if idle {
+            return;
+        }
+        assert!(Instant::now() < deadline, "server still holds something: {c:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// This process's resident set size in bytes (the server runs in-process).
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+    let kib: u64 = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmRSS kB");
+    kib * 1024
+}
+
+/// Hands memory that free() kept in glibc's arenas back to the kernel, so that RSS after the
+/// attackers left measures what is still allocated rather than the allocator's caching.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn return_free_memory() {
+    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn return_free_memory() {}
+
+pub const MIB: u64 = 1024 * 1024;
