@@ -436,8 +436,11 @@ impl Connection {
             }
             // A read of a socket that has data never waits, so a publisher sending faster than
             // this shard decodes would keep this loop running, and every other connection, the
-            // writers and the housekeeping of the shard waiting, for as long as it likes.
-            glommio::yield_if_needed().await;
+            // writers and the housekeeping of the shard waiting, for as long as it likes. Going
+            // to the back of the run queue after each read costs a task switch per read; waiting
+            // for glommio's preemption (yield_if_needed) would let one publisher hold the shard,
+            // and every player on it, for the whole 100 ms time slice.
+            futures_lite::future::yield_now().await;
         }
     }
 
