@@ -1,6 +1,7 @@
 //! Graceful shutdown of the real binary: SIGTERM stops accepting, tells players the stream ended
 //! (StreamEOF + UnpublishNotify), closes recordings and exits 0 within the shutdown timeout; a
-//! second signal exits at once. And the ungraceful end: a panic aborts the whole process.
+//! second signal exits at once. And the ungraceful ends: a panic aborts the whole process; running
+//! out of file descriptors does not stop the accept loop.
 
 mod common;
 
@@ -80,4 +81,27 @@ fn a_panicking_connection_aborts_the_process_loudly() {
     // SIGABRT: no exit code.
     assert_eq!(relay.exit_code(WAIT), Some(-1), "the process aborted");
     assert!(bystander.wait_closed(WAIT), "every connection went with it");
+}
+
+/// Connections that exhaust the process's descriptors make accept() fail (EMFILE) until some
+/// close; the accept loop logs it, waits and serves again, instead of dying.
+#[test]
+fn the_accept_loop_survives_running_out_of_descriptors() {
+    let relay = RelayProcess::start_with_file_limit(64, &["--shards", "1"]);
+    let held: Vec<std::net::TcpStream> = (0..100)
+        .filter_map(|_| std::net::TcpStream::connect_timeout(&relay.addr, WAIT).ok())
+        .collect();
+    let log = relay.wait_for("the accept error", |log| log["fields"]["message"] == "accept failed");
+    assert!(log["fields"]["error"].as_str().is_some_and(|e| e.contains("open files")), "{log}");
+    drop(held);
+
+    let mut publisher = Client::connect(relay.addr, "live");
+    publisher.publish("after-emfile");
+    let mut player = Client::connect(relay.addr, "live");
+    player.play("after-emfile");
+    let frame = video_frame(1, true, 1000);
+    publisher.send(MediaKind::Video, 0, &frame);
+    publisher.flush();
+    let media = player.media(2, WAIT);
+    assert!(media.iter().any(|m| m.payload[..] == frame[..]), "a round trip after EMFILE");
 }

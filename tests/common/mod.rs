@@ -402,8 +402,9 @@ impl Metrics {
     }
 }
 
-/// The real binary (`rtmp-relay`, two shards) logging JSON to stdout, killed when dropped. Every stdout line goes through
-/// a channel: `Ok` when it parses as JSON, `Err` with the line when it does not.
+/// The real binary (`rtmp-relay`, two shards) logging JSON to stdout, killed when dropped.
+/// Every stdout line goes through a channel: `Ok` when it parses as JSON, `Err` with the line
+/// when it does not.
 pub struct RelayProcess {
     child: std::process::Child,
     pub addr: SocketAddr,
@@ -414,7 +415,19 @@ pub struct RelayProcess {
 
 impl RelayProcess {
     pub fn start(extra: &[&str]) -> RelayProcess {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rtmp-relay"))
+        Self::spawn(std::process::Command::new(env!("CARGO_BIN_EXE_rtmp-relay")), extra)
+    }
+
+    /// Started under `prlimit` with at most `files` open descriptors.
+    pub fn start_with_file_limit(files: u32, extra: &[&str]) -> RelayProcess {
+        let mut command = std::process::Command::new("prlimit");
+        command.arg(format!("--nofile={files}:{files}")).arg("--");
+        command.arg(env!("CARGO_BIN_EXE_rtmp-relay"));
+        Self::spawn(command, extra)
+    }
+
+    fn spawn(mut command: std::process::Command, extra: &[&str]) -> RelayProcess {
+        let mut child = command
             .args(["--log-format", "json", "--listen", "127.0.0.1:0", "--no-http"])
             .args(["--shards", "2", "--log-level", "info"])
             .args(extra)
