@@ -7,7 +7,7 @@
 mod common;
 
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -28,20 +28,7 @@ struct Reaped(Option<Child>);
 
 impl Reaped {
     fn wait(mut self, limit: Duration) -> Output {
-        let mut child = self.0.take().expect("child");
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return child.wait_with_output().expect("ffmpeg output");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let output = child.wait_with_output().expect("ffmpeg output");
-        panic!(
-            "ffmpeg did not finish within {limit:?}; stderr: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        wait_output(self.0.take().expect("child"), "ffmpeg", limit)
     }
 }
 

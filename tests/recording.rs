@@ -877,24 +877,6 @@ fn flv_files(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Waits for `child` at most `limit`, killing it (and failing) past that.
-fn wait_output(
-    mut child: std::process::Child,
-    what: &str,
-    limit: Duration,
-) -> std::process::Output {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return child.wait_with_output().expect("child output");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let output = child.wait_with_output().expect("child output");
-    panic!("{what} did not finish within {limit:?}: {}", String::from_utf8_lossy(&output.stderr));
-}
-
 /// The packets of `path` without their timestamps: (stream, size, md5) per packet. A publish
 /// through RTMP may shift every timestamp by a constant; the bytes must not change.
 fn packet_bodies(path: &Path) -> Vec<String> {
@@ -944,9 +926,9 @@ fn the_server_records_a_publish_while_a_player_watches() {
         .spawn()
         .expect("spawn ffmpeg player");
 
-    let published = wait_output(publisher, "the publisher", Duration::from_secs(60));
+    let published = common::wait_output(publisher, "the publisher", Duration::from_secs(60));
     assert!(published.status.success(), "{}", String::from_utf8_lossy(&published.stderr));
-    let played = wait_output(player, "the player", Duration::from_secs(60));
+    let played = common::wait_output(player, "the player", Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&played.stderr);
     assert!(played.status.success() && stderr.trim().is_empty(), "player: {stderr}");
     let decoded =

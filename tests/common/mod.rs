@@ -626,3 +626,21 @@ pub fn return_free_memory() {
 pub fn return_free_memory() {}
 
 pub const MIB: u64 = 1024 * 1024;
+
+/// Waits for `child` at most `limit`, killing it (and failing) past that.
+pub fn wait_output(
+    mut child: std::process::Child,
+    what: &str,
+    limit: Duration,
+) -> std::process::Output {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("child output");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("child output");
+    panic!("{what} did not finish within {limit:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
