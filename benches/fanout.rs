@@ -392,7 +392,7 @@ fn cache(suite: &mut Suite<'_>) -> TableFn {
         filled.on_frame(frame);
     }
     assert_eq!(filled.gop_frames(), gop.len(), "the whole GOP fits the default limits");
-    let replay = filled.replay(RtmpTimestamp(2_000), &encoder);
+    let replay = filled.replay(Some(RtmpTimestamp(2_000)), &encoder);
     assert_eq!(replay.len(), 3 + gop.len());
 
     // Feeding a GOP over and over: each keyframe drops the previous GOP (the frames live on in
@@ -409,8 +409,9 @@ fn cache(suite: &mut Suite<'_>) -> TableFn {
     rows.extend(id.map(|id| (name, id, frames)));
 
     let name = format!("LateJoinCache::replay ({} frames out)", replay.len());
-    let id = suite
-        .add_fn(&format!("cache {name}"), move || filled.replay(RtmpTimestamp(2_000), &encoder));
+    let id = suite.add_fn(&format!("cache {name}"), move || {
+        filled.replay(Some(RtmpTimestamp(2_000)), &encoder)
+    });
     rows.extend(id.map(|id| (name, id, 1.0)));
 
     // The whole late join as a shard does it: replay queued onto a new player's queue, then the

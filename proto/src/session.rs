@@ -322,7 +322,13 @@ fn media_of(message: &RawMessage, limits: &AmfLimits) -> Option<Media> {
             };
             match command::strip_set_data_frame(type_id::DATA_AMF0, &body, limits) {
                 Some(stripped) => (MediaKind::Data, stripped, true),
-                None => (MediaKind::Data, body, false),
+                // GStreamer's rtmp2sink re-sends metadata mid-stream without the wrapper:
+                // metadata all the same.
+                None => {
+                    let name = command::data_name(type_id::DATA_AMF0, &body, limits);
+                    let is_metadata = name.as_deref() == Some("onMetaData");
+                    (MediaKind::Data, body, is_metadata)
+                }
             }
         }
         _ => return None,
@@ -935,6 +941,11 @@ impl ClientSession {
 
     /// Sends metadata the way encoders do: `@setDataFrame("onMetaData", ...)`.
     pub fn send_metadata(&mut self, stream_id: u32, metadata: &Amf0Value) {
+        self.send_metadata_at(stream_id, 0, metadata);
+    }
+
+    /// Sends metadata stamped `timestamp`, as encoders that re-send it mid-stream do.
+    pub fn send_metadata_at(&mut self, stream_id: u32, timestamp: u32, metadata: &Amf0Value) {
         let mut payload = BytesMut::new();
         crate::amf0::encode_all(
             &[
@@ -944,7 +955,7 @@ impl ClientSession {
             ],
             &mut payload,
         );
-        self.send_media(stream_id, MediaKind::Data, RtmpTimestamp::ZERO, &payload);
+        self.send_media(stream_id, MediaKind::Data, RtmpTimestamp(timestamp), &payload);
     }
 
     /// Queues raw bytes as if they were protocol output (tests use this to send hand-made

@@ -31,6 +31,9 @@ pub struct LateJoinCache {
     /// Frames from the last keyframe on, audio and video interleaved as published.
     gop: VecDeque<Rc<Frame>>,
     gop_bytes: usize,
+    /// The first audio and video timestamps in the GOP. The duration limit is measured per
+    /// track: audio stamped seconds away from video must not make a short GOP look long.
+    gop_first: [Option<RtmpTimestamp>; 2],
     /// False from an overflow (or a codec change) until the next keyframe.
     caching: bool,
     /// How many times the GOP outgrew its limits (for the metrics).
@@ -46,6 +49,7 @@ impl LateJoinCache {
             video_header: None,
             gop: VecDeque::new(),
             gop_bytes: 0,
+            gop_first: [None; 2],
             caching: false,
             overflows: 0,
         }
@@ -77,10 +81,9 @@ impl LateJoinCache {
     fn push(&mut self, frame: &Rc<Frame>) {
         self.gop_bytes += frame.len();
         self.gop.push_back(frame.clone());
-        let span = match self.gop.front() {
-            Some(first) => frame.timestamp.signed_since(first.timestamp).max(0) as u32,
-            None => 0,
-        };
+        let first = self.gop_first[usize::from(frame.kind == MediaKind::Video)]
+            .get_or_insert(frame.timestamp);
+        let span = frame.timestamp.signed_since(*first).max(0) as u32;
         if self.gop_bytes > self.limits.max_bytes || span > self.limits.max_ms {
             self.overflows += 1;
             self.drop_gop();
@@ -90,6 +93,7 @@ impl LateJoinCache {
     fn drop_gop(&mut self) {
         self.gop.clear();
         self.gop_bytes = 0;
+        self.gop_first = [None; 2];
         self.caching = false;
     }
 
@@ -115,15 +119,20 @@ impl LateJoinCache {
     }
 
     /// What a late joiner is sent, in order: metadata, audio sequence header, video sequence
-    /// header, then the GOP from its keyframe. Headers and metadata are re-stamped to the GOP's
-    /// first timestamp (or `now` when there is no GOP), so a player sees one time base rather
-    /// than a jump from the publisher's start to the present.
-    pub fn replay(&self, now: RtmpTimestamp, encoder: &ChunkEncoder) -> Vec<Rc<Frame>> {
-        let base = self.gop.front().map_or(now, |f| f.timestamp);
+    /// header, then the GOP from its keyframe. Sequence headers are re-stamped to the GOP's
+    /// first timestamp (or `now`, the stream's newest, when there is no GOP), so a player sees
+    /// one time base rather than a jump from the publisher's start to the present; before the
+    /// first coded frame there is nothing to jump from, and they keep the publisher's stamps.
+    pub fn replay(&self, now: Option<RtmpTimestamp>, encoder: &ChunkEncoder) -> Vec<Rc<Frame>> {
+        let base = self.gop.front().map(|f| f.timestamp).or(now);
         let mut frames = Vec::with_capacity(3 + self.gop.len());
-        for header in [&self.metadata, &self.audio_header, &self.video_header].into_iter().flatten()
-        {
-            frames.push(Rc::new(header.restamped(base, encoder)));
+        // Metadata stays at 0 (see `Frame::new`); the sequence headers move to the GOP.
+        frames.extend(self.metadata.iter().cloned());
+        for header in [&self.audio_header, &self.video_header].into_iter().flatten() {
+            frames.push(match base {
+                Some(base) if base != header.timestamp => Rc::new(header.restamped(base, encoder)),
+                _ => header.clone(),
+            });
         }
         frames.extend(self.gop.iter().cloned());
         frames
@@ -167,7 +176,7 @@ mod tests {
         ] {
             cache.on_frame(&f);
         }
-        let replay = cache.replay(RtmpTimestamp(5000), &encoder);
+        let replay = cache.replay(Some(RtmpTimestamp(5000)), &encoder);
         let classes: Vec<_> = replay.iter().map(|f| (f.class, f.timestamp.0)).collect();
         assert_eq!(
             classes,
@@ -218,6 +227,6 @@ mod tests {
         cache.on_frame(&frame(MediaKind::Video, 2001, &[0x17, 0, 0, 0, 0, 1, 0x4d, 0, 0x1f]));
         assert_eq!(cache.gop_frames(), 0, "a new video configuration invalidates the GOP");
         cache.clear();
-        assert!(cache.replay(RtmpTimestamp(0), &ChunkEncoder::new(128)).is_empty());
+        assert!(cache.replay(None, &ChunkEncoder::new(128)).is_empty());
     }
 }

@@ -56,6 +56,11 @@ impl Frame {
         encoder: &ChunkEncoder,
     ) -> Self {
         let class = classify(kind, &payload, is_metadata);
+        // onMetaData describes the stream; it is not a sample on its clock. Players get it at
+        // timestamp 0 (as nginx-rtmp sends it), whatever the publisher stamped: FFmpeg's FLV
+        // demuxer (flv_read_packet) skips an onMetaData tag only at dts 0 and turns one at any
+        // other time into a phantom `text` subtitle track.
+        let timestamp = if class == FrameClass::Metadata { RtmpTimestamp::ZERO } else { timestamp };
         let chunks = encode(kind, timestamp, &payload, PLAY_STREAM_ID, encoder);
         Frame { kind, class, timestamp, payload, chunks, arrived: Instant::now() }
     }
@@ -90,6 +95,13 @@ impl Frame {
 
     pub fn is_empty(&self) -> bool {
         self.payload.is_empty()
+    }
+
+    /// Whether the frame is on its track's clock: coded audio and video. Sequence headers and
+    /// metadata are not: encoders stamp them 0 in front of media stamped hours in, or re-send
+    /// them with whatever timestamp they like.
+    pub fn is_timed(&self) -> bool {
+        matches!(self.class, FrameClass::Keyframe | FrameClass::InterFrame | FrameClass::Audio)
     }
 
     /// Frames a player skipping to the next keyframe still receives: audio (cheap, and gaps

@@ -61,7 +61,9 @@ struct StreamState {
     codecs: CodecInfo,
     /// Since when the stream has had no publisher (players wait until `republish_wait`).
     idle_since: Option<Instant>,
-    last_timestamp: RtmpTimestamp,
+    /// The newest audio or video timestamp of the current publish (none before its first coded
+    /// frame): where a late joiner's headers are stamped when no GOP is cached.
+    last_timestamp: Option<RtmpTimestamp>,
     messages_in: u64,
     bytes_in: u64,
     video_frames: u64,
@@ -116,7 +118,7 @@ impl Stream {
                 remotes: Vec::new(),
                 codecs: CodecInfo::default(),
                 idle_since: Some(now),
-                last_timestamp: RtmpTimestamp::ZERO,
+                last_timestamp: None,
                 messages_in: 0,
                 bytes_in: 0,
                 video_frames: 0,
@@ -230,8 +232,8 @@ impl Stream {
         let mut state = self.state.borrow_mut();
         state.messages_in += 1;
         state.bytes_in += frame.len() as u64;
-        if frame.kind != MediaKind::Data {
-            state.last_timestamp = frame.timestamp;
+        if frame.is_timed() {
+            state.last_timestamp = Some(frame.timestamp);
         }
         if frame.kind == MediaKind::Video && frame.class != FrameClass::SequenceHeader {
             state.video_frames += 1;
@@ -331,8 +333,12 @@ impl Stream {
         state.published_at = Some(now);
         state.cache.clear();
         state.codecs = CodecInfo::default();
+        state.last_timestamp = None;
         for subscriber in &state.subscribers {
             subscriber.skipping.set(true);
+            // The new publisher's clock owes nothing to the old one's: it may restart at zero
+            // or continue hours on.
+            subscriber.queue.restart_time_base();
         }
         notify_all(&state.subscribers, settings, &self.key.name, now, notify::published);
         for remote in &state.remotes {
@@ -493,8 +499,8 @@ impl Stream {
         state.published_at = Some(now);
         let frames: Vec<Rc<Frame>> = frames.into_iter().map(Rc::new).collect();
         for frame in &frames {
-            if frame.kind != MediaKind::Data {
-                state.last_timestamp = frame.timestamp;
+            if frame.is_timed() {
+                state.last_timestamp = Some(frame.timestamp);
             }
             let codecs = &mut state.codecs;
             self.detect_codec(codecs, frame);
@@ -563,7 +569,7 @@ impl Stream {
                 bytes: s.queue.bytes_written(),
                 dropped: s.dropped(),
                 queue_bytes: s.queue.queued_bytes(),
-                lag_ms: s.queue.lag_ms(state.last_timestamp),
+                lag_ms: s.queue.lag_ms(),
                 unacknowledged_bytes: s.queue.unacknowledged_bytes(),
             })
             .collect();

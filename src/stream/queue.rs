@@ -20,6 +20,7 @@ use rtmp_proto::time::RtmpTimestamp;
 
 use super::frame::Frame;
 use crate::metrics::stats::{new_latency_histogram, record_duration};
+use rtmp_proto::session::MediaKind;
 
 /// How long one stream's frames wait for its players' sockets, on one shard: the per-viewer lag
 /// no other server exports. Shared by the stream and its players' queues; recorded by the
@@ -84,8 +85,55 @@ impl Item {
     }
 }
 
+/// The stream time a queue holds, per track: where each queued audio and video frame ends in
+/// the queue's byte sequence, and its timestamp. Lag is measured per track, because a stream's
+/// tracks need not share a time base (encoders that start audio seconds before video, headers
+/// stamped 0 in front of media stamped hours in); comparing a video frame with a queued audio
+/// frame or a header would call a player seconds behind that is not behind at all.
+#[derive(Debug, Default)]
+struct Backlog {
+    audio: VecDeque<(u64, RtmpTimestamp)>,
+    video: VecDeque<(u64, RtmpTimestamp)>,
+}
+
+impl Backlog {
+    fn track(&mut self, kind: MediaKind) -> Option<&mut VecDeque<(u64, RtmpTimestamp)>> {
+        match kind {
+            MediaKind::Audio => Some(&mut self.audio),
+            MediaKind::Video => Some(&mut self.video),
+            MediaKind::Data => None,
+        }
+    }
+
+    /// Forgets frames that end at or before `written`.
+    fn consume(&mut self, written: u64) {
+        for track in [&mut self.audio, &mut self.video] {
+            while track.front().is_some_and(|&(end, _)| end <= written) {
+                track.pop_front();
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.audio.clear();
+        self.video.clear();
+    }
+}
+
+/// Media milliseconds from the oldest queued frame of a track to `newest` (of the same track).
+fn span(track: &VecDeque<(u64, RtmpTimestamp)>, newest: Option<RtmpTimestamp>) -> u32 {
+    match (track.front(), newest.or(track.back().map(|&(_, ts)| ts))) {
+        (Some(&(_, oldest)), Some(newest)) => newest.signed_since(oldest).max(0) as u32,
+        _ => 0,
+    }
+}
+
 pub struct OutQueue {
     items: RefCell<VecDeque<Item>>,
+    /// Bytes ever pushed: the position in the connection's byte sequence where the next item
+    /// starts.
+    pushed: Cell<u64>,
+    backlog: RefCell<Backlog>,
     /// Bytes of the front item already written.
     front_offset: Cell<usize>,
     bytes: Cell<usize>,
@@ -114,6 +162,8 @@ impl OutQueue {
     pub fn new(now: Instant) -> Self {
         Self {
             items: RefCell::new(VecDeque::new()),
+            pushed: Cell::new(0),
+            backlog: RefCell::new(Backlog::default()),
             front_offset: Cell::new(0),
             bytes: Cell::new(0),
             writer: Cell::new(None),
@@ -164,15 +214,29 @@ impl OutQueue {
         self.closed.get()
     }
 
-    /// Media milliseconds between the oldest queued frame and `timestamp`: how far behind live
-    /// this connection is. Zero when the front of the queue is not media.
-    pub fn lag_ms(&self, timestamp: RtmpTimestamp) -> u32 {
-        match self.items.borrow().front() {
-            Some(Item::Frame(front) | Item::Replay(front)) => {
-                timestamp.signed_since(front.timestamp).max(0) as u32
-            }
-            _ => 0,
-        }
+    /// How far behind live this connection is, in media milliseconds: the most stream time
+    /// queued on any one track (audio or video), each track measured in its own timestamps.
+    pub fn lag_ms(&self) -> u32 {
+        let backlog = self.backlog.borrow();
+        span(&backlog.audio, None).max(span(&backlog.video, None))
+    }
+
+    /// The lag this connection would have with `frame` queued too.
+    pub fn lag_ms_with(&self, frame: &Frame) -> u32 {
+        let backlog = self.backlog.borrow();
+        let (audio, video) = match frame.kind {
+            MediaKind::Audio => (Some(frame.timestamp), None),
+            MediaKind::Video => (None, Some(frame.timestamp)),
+            MediaKind::Data => (None, None),
+        };
+        span(&backlog.audio, audio).max(span(&backlog.video, video))
+    }
+
+    /// The stream's time base may change from here on (a new publisher): what is queued so far
+    /// is not compared with what comes next. It still counts against the byte limit and the
+    /// stall timer until it is written.
+    pub fn restart_time_base(&self) {
+        self.backlog.borrow_mut().clear();
     }
 
     /// How long the writer has had data and made no progress.
@@ -193,23 +257,41 @@ impl OutQueue {
 
     pub fn push_frame(&self, frame: Rc<Frame>, now: Instant) {
         let len = frame.chunks.len();
-        self.push(Item::Frame(frame), len, now);
+        let timed = frame.is_timed().then_some((frame.kind, frame.timestamp));
+        self.push(Item::Frame(frame), len, timed, now);
     }
 
     /// Queues a frame from the late-join cache.
     pub fn push_replay(&self, frame: Rc<Frame>, now: Instant) {
         let len = frame.chunks.len();
-        self.push(Item::Replay(frame), len, now);
+        let timed = frame.is_timed().then_some((frame.kind, frame.timestamp));
+        self.push(Item::Replay(frame), len, timed, now);
     }
 
     pub fn push_bytes(&self, bytes: Bytes, now: Instant) {
         let len = bytes.len();
         if len > 0 {
-            self.push(Item::Bytes(bytes), len, now);
+            self.push(Item::Bytes(bytes), len, None, now);
         }
     }
 
-    fn push(&self, item: Item, len: usize, now: Instant) {
+    /// Queues bytes that carry `frame` for another message stream id: they count for lag like
+    /// the frame itself.
+    pub fn push_encoded(&self, bytes: Bytes, frame: &Frame, now: Instant) {
+        let len = bytes.len();
+        let timed = frame.is_timed().then_some((frame.kind, frame.timestamp));
+        if len > 0 {
+            self.push(Item::Bytes(bytes), len, timed, now);
+        }
+    }
+
+    fn push(
+        &self,
+        item: Item,
+        len: usize,
+        timed: Option<(MediaKind, RtmpTimestamp)>,
+        now: Instant,
+    ) {
         if self.closed.get().is_some_and(|r| r != CloseReason::AfterFlush) {
             return;
         }
@@ -218,6 +300,13 @@ impl OutQueue {
         }
         self.items.borrow_mut().push_back(item);
         self.bytes.set(self.bytes.get() + len);
+        let end = self.pushed.get() + len as u64;
+        self.pushed.set(end);
+        if let Some((kind, timestamp)) = timed {
+            if let Some(track) = self.backlog.borrow_mut().track(kind) {
+                track.push_back((end, timestamp));
+            }
+        }
         if let Some(waker) = self.writer.take() {
             waker.wake();
         }
@@ -232,6 +321,7 @@ impl OutQueue {
         self.closed.set(Some(reason));
         if reason != CloseReason::AfterFlush {
             self.items.borrow_mut().clear();
+            self.backlog.borrow_mut().clear();
             self.bytes.set(0);
             self.front_offset.set(0);
         }
@@ -283,6 +373,8 @@ impl OutQueue {
         self.bytes.set(self.bytes.get() - written);
         self.bytes_written.set(self.bytes_written.get() + written as u64);
         self.last_progress.set(now);
+        // Positions count from the first push; bytes written count the same bytes.
+        self.backlog.borrow_mut().consume(self.pushed.get() - self.bytes.get() as u64);
         let mut items = self.items.borrow_mut();
         while written > 0 {
             let Some(front) = items.front() else { break };
@@ -396,12 +488,64 @@ mod tests {
         let queue = OutQueue::new(start);
         queue.push_frame(frame(1000, 10), start);
         queue.push_frame(frame(1500, 10), start);
-        assert_eq!(queue.lag_ms(RtmpTimestamp(4000)), 3000);
+        assert_eq!(queue.lag_ms(), 500);
+        assert_eq!(queue.lag_ms_with(&frame(4000, 10)), 3000);
         let later = start + std::time::Duration::from_secs(5);
         assert_eq!(queue.stalled_for(later), std::time::Duration::from_secs(5));
         queue.close(CloseReason::HardLimit);
         assert!(queue.is_empty());
         queue.push_frame(frame(2000, 10), later);
         assert!(queue.is_empty(), "a closed queue takes nothing");
+    }
+
+    fn video(ts: u32) -> Rc<Frame> {
+        Rc::new(Frame::new(
+            MediaKind::Video,
+            RtmpTimestamp(ts),
+            Bytes::from_static(&[0x27, 1, 0, 0, 0, 1]),
+            false,
+            &ChunkEncoder::new(4096),
+        ))
+    }
+
+    #[test]
+    fn lag_is_measured_per_track_and_ignores_headers() {
+        let now = Instant::now();
+        let queue = OutQueue::new(now);
+        // A sequence header stamped 0 in front of media stamped 100 s in.
+        let header = Rc::new(Frame::new(
+            MediaKind::Video,
+            RtmpTimestamp(0),
+            Bytes::from_static(&[0x17, 0, 0, 0, 0, 1]),
+            false,
+            &ChunkEncoder::new(4096),
+        ));
+        queue.push_frame(header, now);
+        assert_eq!(queue.lag_ms_with(&video(100_000)), 0, "headers are not on the clock");
+        // Audio stamped 9 s behind video: each track is measured on its own.
+        queue.push_frame(frame(91_000, 10), now);
+        queue.push_frame(video(100_000), now);
+        assert_eq!(queue.lag_ms_with(&video(100_040)), 40);
+        queue.push_frame(frame(91_500, 10), now);
+        assert_eq!(queue.lag_ms(), 500);
+        // Once written, frames no longer count.
+        queue
+            .write_with(64, now, |s| -> Result<usize, ()> { Ok(s.iter().map(|s| s.len()).sum()) })
+            .unwrap();
+        assert_eq!(queue.lag_ms(), 0);
+    }
+
+    #[test]
+    fn a_new_time_base_is_not_compared_with_the_old_one() {
+        let now = Instant::now();
+        let queue = OutQueue::new(now);
+        queue.push_frame(video(500_000), now);
+        assert_eq!(queue.lag_ms_with(&video(600_000)), 100_000);
+        // A republish continues its clock 100 s on while the old frames still wait.
+        queue.restart_time_base();
+        assert_eq!(queue.lag_ms_with(&video(600_000)), 0);
+        queue.push_frame(video(600_000), now);
+        assert_eq!(queue.lag_ms_with(&video(600_040)), 40);
+        assert!(queue.queued_bytes() > 0, "the old frames still count as bytes");
     }
 }

@@ -95,7 +95,11 @@ impl Subscriber {
         } else {
             // A player on an unusual message stream id gets its own encoding; its frames are
             // not measured for wait time.
-            self.queue.push_bytes(frame.encoded_for(self.stream_id, &settings.encoder), now);
+            self.queue.push_encoded(
+                frame.encoded_for(self.stream_id, &settings.encoder),
+                frame,
+                now,
+            );
         }
     }
 
@@ -104,7 +108,11 @@ impl Subscriber {
         if self.stream_id == PLAY_STREAM_ID {
             self.queue.push_replay(frame.clone(), now);
         } else {
-            self.queue.push_bytes(frame.encoded_for(self.stream_id, &settings.encoder), now);
+            self.queue.push_encoded(
+                frame.encoded_for(self.stream_id, &settings.encoder),
+                frame,
+                now,
+            );
         }
     }
 
@@ -132,7 +140,8 @@ impl Subscriber {
             return;
         }
         if is_video {
-            let behind = self.queue.lag_ms(frame.timestamp) > settings.soft_lag_ms;
+            let lag_ms = self.queue.lag_ms_with(frame);
+            let behind = lag_ms > settings.soft_lag_ms;
             if self.skipping.get() {
                 if frame.class != FrameClass::Keyframe || behind {
                     self.drop_frame(counters);
@@ -147,7 +156,7 @@ impl Subscriber {
                     warn!(
                         peer = %self.peer,
                         conn = self.conn_id,
-                        lag_ms = self.queue.lag_ms(frame.timestamp),
+                        lag_ms,
                         queued_bytes = self.queue.queued_bytes(),
                         skips_not_logged = not_logged,
                         "slow subscriber: skipping to the next keyframe"
