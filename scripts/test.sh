@@ -4,12 +4,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v ffmpeg >/dev/null 2>&1; then
-    echo "== installing ffmpeg (interop tests)"
+# Interop tests run real clients: ffmpeg/ffprobe, and GStreamer (rtmp2sink from the bad
+# plugins, flvmux from the good, x264enc from the ugly, voaacenc from the bad).
+missing=()
+command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+if ! command -v gst-launch-1.0 >/dev/null 2>&1 \
+    || ! gst-inspect-1.0 rtmp2sink >/dev/null 2>&1 \
+    || ! gst-inspect-1.0 x264enc >/dev/null 2>&1; then
+    missing+=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+        gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing ${missing[*]} (interop tests)"
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
 fi
 
 echo "== cargo fmt --check"

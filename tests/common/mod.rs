@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -643,4 +644,39 @@ pub fn wait_output(
     let _ = child.kill();
     let output = child.wait_with_output().expect("child output");
     panic!("{what} did not finish within {limit:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Kills the child if it outlives the test.
+pub struct Reaped(pub Option<Child>);
+
+impl Reaped {
+    pub fn wait(mut self, limit: Duration) -> Output {
+        wait_output(self.0.take().expect("child"), "child process", limit)
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The stream types ffprobe finds in `url`, sorted.
+pub fn probe_tracks(url: &str) -> Vec<String> {
+    let child = Command::new("ffprobe")
+        .args(["-hide_banner", "-v", "error", "-show_entries", "stream=codec_type"])
+        .args(["-of", "csv=p=0", url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ffprobe");
+    let output = wait_output(child, "ffprobe", Duration::from_secs(60));
+    assert!(output.status.success(), "ffprobe: {}", String::from_utf8_lossy(&output.stderr));
+    let mut tracks: Vec<String> =
+        String::from_utf8_lossy(&output.stdout).lines().map(|l| l.trim().to_string()).collect();
+    tracks.sort();
+    tracks
 }
