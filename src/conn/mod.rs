@@ -579,8 +579,19 @@ impl Connection {
             ServerEvent::Acknowledged { sequence_number } => {
                 self.queue.acknowledge(sequence_number)
             }
+            // The session has answered it with an error; the connection goes on.
+            ServerEvent::CommandRefused { stream_id, command, reason } => {
+                self.command_refused(stream_id, command, reason)
+            }
         }
         Ok(())
+    }
+
+    /// Counts and logs a command out of place that was answered with an error. Debug level: a
+    /// client can send these as often as it likes, and it was told why.
+    fn command_refused(&self, stream_id: u32, command: &'static str, reason: &'static str) {
+        self.ctx.counters.commands_refused.inc();
+        debug!(stream_id, command, reason, "command out of place refused");
     }
 
     fn close_stream(&mut self, stream_id: u32, now: Instant) {
