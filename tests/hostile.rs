@@ -668,8 +668,9 @@ fn a_second_connect_or_a_publish_on_an_unknown_stream_id_gets_an_error() {
     assert_healthy(&server);
 }
 
-/// A publisher that retries publish on its publishing stream id, or plays on it, is refused each
-/// time; its publish goes on, players keep receiving it, and a play on a fresh stream id works.
+/// A publisher that retries publish on its publishing stream id, plays on it, or publishes its
+/// own key again on a fresh stream id is refused each time; its publish goes on, players keep
+/// receiving it, and a play on a fresh stream id works.
 #[test]
 fn retries_on_a_publishing_connection_are_refused_and_the_publish_goes_on() {
     let _shared = shared();
@@ -712,6 +713,21 @@ fn retries_on_a_publishing_connection_are_refused_and_the_publish_goes_on() {
         );
         assert_relayed(&mut publisher, &mut player, 3, "after play on the publishing id");
 
+        // The same key again, on a stream id of its own: not a rival publisher.
+        let fresh = publisher.create_stream();
+        publisher.session().publish(fresh, &key);
+        publisher.flush();
+        assert_eq!(
+            next_reply(&mut publisher, "the same key on a fresh stream id"),
+            error_status(
+                fresh,
+                "NetStream.Publish.BadName",
+                &format!("live/{key} is already published on stream {sid}")
+            ),
+            "round {round}"
+        );
+        assert_relayed(&mut publisher, &mut player, 4, "after the same key on a fresh id");
+
         // createStream + play on a fresh stream id works on the same connection.
         let mut second = Client::connect(addr, "live");
         assert_eq!(second.publish(&other), "NetStream.Publish.Start");
@@ -728,7 +744,7 @@ fn retries_on_a_publishing_connection_are_refused_and_the_publish_goes_on() {
         publisher.close();
         player.close();
     }
-    assert_eq!(server.counters().commands_refused, 3 * 3);
+    assert_eq!(server.counters().commands_refused, 3 * 4);
     assert_eq!(server.counters().publishes_rejected, 0);
     assert_eq!(server.counters().protocol_errors, 0);
     assert_healthy(&server);
