@@ -551,41 +551,245 @@ fn amf_nesting_bombs_are_refused_without_exhausting_the_stack() {
 
 // ---- commands -----------------------------------------------------------------------------
 
+/// The next onStatus or `_error` the client gets.
+fn next_reply(client: &mut Client, what: &str) -> ClientEvent {
+    let events = client
+        .expect(|e| matches!(e, ClientEvent::Status { .. } | ClientEvent::CallFailed { .. }), what);
+    events.into_iter().last().expect("expect returns the event it matched")
+}
+
+fn error_status(stream_id: u32, code: &str, description: &str) -> ClientEvent {
+    ClientEvent::Status {
+        stream_id,
+        level: "error".into(),
+        code: code.into(),
+        description: description.into(),
+    }
+}
+
+fn call_failed(command: &str) -> ClientEvent {
+    ClientEvent::CallFailed {
+        command: command.into(),
+        code: Some("NetConnection.Call.Failed".into()),
+    }
+}
+
+/// `publisher` sends a keyframe; `player` receives it byte-exact.
+fn assert_relayed(publisher: &mut Client, player: &mut Client, seq: u32, what: &str) {
+    let frame = video_frame(seq, true, 300);
+    publisher.send(MediaKind::Video, seq * 40, &frame);
+    let events = player.expect(
+        |e| matches!(e, ClientEvent::Media(m) if m.kind == MediaKind::Video && seq_of(m) == Some(seq)),
+        what,
+    );
+    match events.last() {
+        Some(ClientEvent::Media(media)) => assert!(media.payload[..] == frame[..], "{what}"),
+        _ => unreachable!(),
+    }
+}
+
+/// A command out of place is answered with an error and the connection stays (design.md,
+/// invariant 7): before connect, publish, play and createStream are refused; the connect that
+/// follows works, and so does a play after it.
 #[test]
-fn out_of_order_commands_close_the_connection_and_harmless_ones_do_not() {
+fn calls_before_connect_get_an_error_and_the_connection_stays() {
     let _shared = shared();
     let server = start_server(|_| {});
     let addr = server.local_addr();
+    let key = fresh_key("before-connect");
+    let mut publisher = Client::connect(addr, "live");
+    assert_eq!(publisher.publish(&key), "NetStream.Publish.Start");
     type Misstep = fn(&mut Client);
-    // Before connect.
-    let before_connect: [(&str, Misstep); 3] = [
-        ("play", |c| c.session().play(1, "k")),
-        ("publish", |c| c.session().publish(1, "k")),
-        ("createStream", |c| c.session().create_stream()),
+    let missteps: [(&str, Misstep, ClientEvent); 3] = [
+        (
+            "publish",
+            |c| c.session().publish(1, "k"),
+            error_status(
+                1,
+                "NetStream.Publish.BadName",
+                "publish on stream 1 refused: connect first",
+            ),
+        ),
+        (
+            "play",
+            |c| c.session().play(1, "k"),
+            error_status(1, "NetStream.Play.Failed", "play on stream 1 refused: connect first"),
+        ),
+        ("createStream", |c| c.session().create_stream(), call_failed("createStream")),
     ];
-    for (what, misstep) in before_connect {
+    for (seq, (what, misstep, expected)) in (1..).zip(missteps) {
         let mut client = Client::handshake_over(tcp(addr));
         misstep(&mut client);
-        let _ = client.try_flush();
-        assert!(client.wait_closed(WAIT), "{what} before connect closes the connection");
+        client.flush();
+        assert_eq!(next_reply(&mut client, what), expected, "{what} before connect");
+        client.session().connect("live", &format!("rtmp://{addr}/live"));
+        client.flush();
+        client.expect(|e| matches!(e, ClientEvent::Connected), "connect after the refusal");
+        client.play(&key);
+        assert_relayed(&mut publisher, &mut client, seq, what);
+        client.close();
     }
-    // After connect.
-    let after_connect: [(&str, Misstep); 3] = [
-        ("publish on a stream never created", |c| c.session().publish(1, "k")),
-        ("a second connect", |c| c.session().connect("live", "rtmp://x/live")),
-        ("a second publish on the same stream", |c| {
-            assert_eq!(c.publish(&fresh_key("twice")), "NetStream.Publish.Start");
-            let sid = c.stream_id;
-            c.session().publish(sid, "again");
-        }),
-    ];
-    for (what, misstep) in after_connect {
-        let mut client = Client::connect(addr, "live");
-        misstep(&mut client);
-        let _ = client.try_flush();
-        assert!(client.wait_closed(WAIT), "{what} closes the connection");
+    assert_eq!(server.counters().commands_refused, 3);
+    assert_eq!(server.counters().protocol_errors, 0);
+    publisher.close();
+    assert_healthy(&server);
+}
+
+/// After connect: a second connect, and a publish on a stream id createStream never gave, are
+/// refused; the publish on the stream createStream gives then works.
+#[test]
+fn a_second_connect_or_a_publish_on_an_unknown_stream_id_gets_an_error() {
+    let _shared = shared();
+    let server = start_server(|_| {});
+    let addr = server.local_addr();
+    let key = fresh_key("unknown-id");
+    let mut publisher = Client::connect(addr, "live");
+    publisher.session().connect("live", &format!("rtmp://{addr}/live"));
+    publisher.flush();
+    assert_eq!(next_reply(&mut publisher, "second connect"), call_failed("connect"));
+    publisher.session().publish(5, &key);
+    publisher.flush();
+    assert_eq!(
+        next_reply(&mut publisher, "publish on stream 5"),
+        error_status(
+            5,
+            "NetStream.Publish.BadName",
+            "publish on stream 5 refused: createStream did not give this stream id"
+        )
+    );
+    assert_eq!(publisher.publish(&key), "NetStream.Publish.Start");
+    let mut player = Client::connect(addr, "live");
+    player.play(&key);
+    assert_relayed(&mut publisher, &mut player, 1, "the publish after the refusals");
+    assert_eq!(server.counters().commands_refused, 2);
+    assert_eq!(server.counters().publishes_rejected, 0);
+    publisher.close();
+    player.close();
+    assert_healthy(&server);
+}
+
+/// A publisher that retries publish on its publishing stream id, plays on it, or publishes its
+/// own key again on a fresh stream id is refused each time; its publish goes on, players keep
+/// receiving it, and a play on a fresh stream id works.
+#[test]
+fn retries_on_a_publishing_connection_are_refused_and_the_publish_goes_on() {
+    let _shared = shared();
+    // Two shards: the keys are owned here or on the other shard, so both ways a publish runs
+    // are met.
+    let server = start_server(|c| c.shards = Some(2));
+    let addr = server.local_addr();
+    for round in 0..3 {
+        let key = fresh_key("retry");
+        let other = fresh_key("other");
+        let mut publisher = Client::connect(addr, "live");
+        assert_eq!(publisher.publish(&key), "NetStream.Publish.Start");
+        let sid = publisher.stream_id;
+        let mut player = Client::connect(addr, "live");
+        player.play(&key);
+        assert_relayed(&mut publisher, &mut player, 1, "before the retries");
+
+        let already = "refused: this stream id is already publishing";
+        for name in [key.as_str(), other.as_str()] {
+            publisher.session().publish(sid, name);
+            publisher.flush();
+            assert_eq!(
+                next_reply(&mut publisher, "publish again on the publishing stream id"),
+                error_status(
+                    sid,
+                    "NetStream.Publish.BadName",
+                    &format!("publish on stream {sid} {already}")
+                ),
+                "round {round}"
+            );
+        }
+        assert_relayed(&mut publisher, &mut player, 2, "after publish again on the same id");
+
+        publisher.session().play(sid, &other);
+        publisher.flush();
+        assert_eq!(
+            next_reply(&mut publisher, "play on the publishing stream id"),
+            error_status(sid, "NetStream.Play.Failed", &format!("play on stream {sid} {already}")),
+            "round {round}"
+        );
+        assert_relayed(&mut publisher, &mut player, 3, "after play on the publishing id");
+
+        // The same key again, on a stream id of its own: not a rival publisher.
+        let fresh = publisher.create_stream();
+        publisher.session().publish(fresh, &key);
+        publisher.flush();
+        assert_eq!(
+            next_reply(&mut publisher, "the same key on a fresh stream id"),
+            error_status(
+                fresh,
+                "NetStream.Publish.BadName",
+                &format!("live/{key} is already published on stream {sid}")
+            ),
+            "round {round}"
+        );
+        assert_relayed(&mut publisher, &mut player, 4, "after the same key on a fresh id");
+
+        // createStream + play on a fresh stream id works on the same connection.
+        let mut second = Client::connect(addr, "live");
+        assert_eq!(second.publish(&other), "NetStream.Publish.Start");
+        let fresh = publisher.create_stream();
+        publisher.session().play(fresh, &other);
+        publisher.flush();
+        publisher.expect(
+            |e| Client::status_code(e) == Some("NetStream.Play.Start"),
+            "Play.Start on a fresh stream id",
+        );
+        assert_relayed(&mut second, &mut publisher, 5, "to the publisher's own play");
+        assert_relayed(&mut publisher, &mut player, 6, "and its publish still relayed");
+        second.close();
+        publisher.close();
+        player.close();
     }
-    assert_eq!(server.protocol_errors_of("unexpected_command"), 6);
+    assert_eq!(server.counters().commands_refused, 3 * 4);
+    assert_eq!(server.counters().publishes_rejected, 0);
+    assert_eq!(server.counters().protocol_errors, 0);
+    assert_healthy(&server);
+}
+
+/// A player that publishes or plays again on its playing stream id is refused and keeps
+/// playing.
+#[test]
+fn publish_or_play_again_on_a_playing_stream_id_is_refused_and_the_play_goes_on() {
+    let _shared = shared();
+    let server = start_server(|_| {});
+    let addr = server.local_addr();
+    let key = fresh_key("playing");
+    let mut publisher = Client::connect(addr, "live");
+    assert_eq!(publisher.publish(&key), "NetStream.Publish.Start");
+    let mut player = Client::connect(addr, "live");
+    player.play(&key);
+    let sid = player.stream_id;
+    let already = format!("on stream {sid} refused: this stream id is already playing");
+    player.session().publish(sid, &fresh_key("mine"));
+    player.flush();
+    assert_eq!(
+        next_reply(&mut player, "publish on the playing stream id"),
+        error_status(sid, "NetStream.Publish.BadName", &format!("publish {already}"))
+    );
+    player.session().play(sid, &key);
+    player.flush();
+    assert_eq!(
+        next_reply(&mut player, "play again on the playing stream id"),
+        error_status(sid, "NetStream.Play.Failed", &format!("play {already}"))
+    );
+    assert_relayed(&mut publisher, &mut player, 1, "after the refusals");
+    assert_eq!(server.counters().commands_refused, 2);
+    assert_eq!(server.counters().subscribers, 1);
+    publisher.close();
+    player.close();
+    assert_healthy(&server);
+}
+
+/// Limits are not commands out of place: they close the connection.
+#[test]
+fn too_many_create_streams_close_the_connection_and_harmless_commands_do_not() {
+    let _shared = shared();
+    let server = start_server(|_| {});
+    let addr = server.local_addr();
     // createStream more often than any client needs.
     let mut client = Client::connect(addr, "live");
     for _ in 0..9 {
@@ -627,7 +831,7 @@ fn out_of_order_commands_close_the_connection_and_harmless_ones_do_not() {
         player.media(2, WAIT).into_iter().filter(|m| m.kind == MediaKind::Video).collect();
     assert_eq!(live.len(), 1, "only the frame sent after publish");
     assert!(live[0].payload[..] == frame[..]);
-    assert_eq!(server.protocol_errors_of("unexpected_command"), 6);
+    assert_eq!(server.counters().commands_refused, 0);
     publisher.close();
     player.close();
     assert_healthy(&server);

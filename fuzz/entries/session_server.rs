@@ -19,6 +19,8 @@
 //!   second call with no new bytes does nothing (it consumed all it could);
 //! - partial message bytes stay within the limit;
 //! - `Connected` comes once, before any publish or play request;
+//! - a command out of place is refused (`CommandRefused`) and the session goes on: before
+//!   connect, any command but connect is refused; connect is refused only after it;
 //! - `Media` comes only from a message stream whose publish was accepted and not closed since,
 //!   and is no longer than the message size limit;
 //! - after an error the connection is over (nothing more is fed), and the error formats;
@@ -214,6 +216,10 @@ impl Server {
                 }
                 ServerEvent::StreamClosed { stream_id } => {
                     self.publishing.retain(|&id| id != stream_id);
+                }
+                ServerEvent::CommandRefused { command, reason, .. } => {
+                    assert!(self.connected || reason == "connect first", "{command}: {reason}");
+                    assert!(command != "connect" || self.connected, "connect refused: {reason}");
                 }
                 ServerEvent::Paused { .. } | ServerEvent::Acknowledged { .. } => {}
             }

@@ -257,6 +257,29 @@ impl ClientCommand {
             _ => ClientCommand::Other,
         })
     }
+
+    /// What the command is, for log lines and error descriptions: the protocol's name where one
+    /// variant has one name, never text the peer chose.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientCommand::Connect(_) => "connect",
+            ClientCommand::CreateStream => "createStream",
+            ClientCommand::ReleaseStream { .. } => "releaseStream",
+            ClientCommand::FcPublish { .. } => "FCPublish",
+            ClientCommand::FcUnpublish { .. } => "FCUnpublish",
+            ClientCommand::Publish { .. } => "publish",
+            ClientCommand::Play { .. } => "play",
+            ClientCommand::DeleteStream { .. } => "deleteStream",
+            ClientCommand::CloseStream => "closeStream",
+            ClientCommand::GetStreamLength { .. } => "getStreamLength",
+            ClientCommand::Pause { .. } => "pause",
+            ClientCommand::ReceiveAudio(_) => "receiveAudio",
+            ClientCommand::ReceiveVideo(_) => "receiveVideo",
+            ClientCommand::Courtesy => "courtesy call",
+            ClientCommand::Reply => "reply",
+            ClientCommand::Other => "unknown call",
+        }
+    }
 }
 
 /// onStatus levels.
@@ -270,6 +293,8 @@ pub mod level {
 pub mod code {
     pub const CONNECT_SUCCESS: &str = "NetConnection.Connect.Success";
     pub const CONNECT_REJECTED: &str = "NetConnection.Connect.Rejected";
+    /// `_error` to a call the server does not support or that does not fit the session's state.
+    pub const CALL_FAILED: &str = "NetConnection.Call.Failed";
     pub const PUBLISH_START: &str = "NetStream.Publish.Start";
     pub const PUBLISH_BAD_NAME: &str = "NetStream.Publish.BadName";
     pub const UNPUBLISH_SUCCESS: &str = "NetStream.Unpublish.Success";

@@ -9,8 +9,12 @@
 //! 3. drains `poll_transmit` and writes those bytes to the peer, in order, before any media
 //!    frame it queues after the call that produced them.
 //!
-//! Errors from `handle_input` are fatal for the connection: after a framing or protocol error
-//! the rest of the byte stream cannot be trusted. The error says why, for the log line.
+//! Errors from `handle_input` are fatal for the connection: after a framing error (chunk
+//! stream, AMF, a size or a limit) the rest of the byte stream cannot be trusted. The error says
+//! why, for the log line. A command that is well formed but does not fit the session's state
+//! (publish on a stream id already publishing, play before connect, a second connect) is not an
+//! error: the server session answers it with `_error` or an onStatus error, changes nothing, and
+//! reports it as [`ServerEvent::CommandRefused`]; the connection goes on.
 //!
 //! Media to players does not pass through the session: the relay encodes each media message
 //! once with [`crate::chunk::ChunkEncoder`] and writes the same bytes to every subscriber. The
@@ -40,12 +44,6 @@ pub enum SessionError {
     Chunk(chunk::DecodeError),
     Control(ShortMessage),
     Command(CommandError),
-    /// A command that is valid on its own but not in this state (publish before connect, media
-    /// on a stream that is not publishing is dropped silently instead).
-    UnexpectedCommand {
-        command: String,
-        state: &'static str,
-    },
     /// More message streams (createStream) than [`SessionConfig::max_message_streams`].
     TooManyStreams {
         limit: usize,
@@ -59,9 +57,6 @@ impl std::fmt::Display for SessionError {
             SessionError::Chunk(e) => write!(f, "chunk stream: {e}"),
             SessionError::Control(e) => write!(f, "{e}"),
             SessionError::Command(e) => write!(f, "{e}"),
-            SessionError::UnexpectedCommand { command, state } => {
-                write!(f, "unexpected {command:?} while {state}")
-            }
             SessionError::TooManyStreams { limit } => {
                 write!(f, "more than {limit} message streams on one connection")
             }
@@ -87,7 +82,6 @@ impl SessionError {
             SessionError::Control(_) => "control_message",
             SessionError::Command(CommandError::Amf(_)) => "amf",
             SessionError::Command(_) => "command",
-            SessionError::UnexpectedCommand { .. } => "unexpected_command",
             SessionError::TooManyStreams { .. } => "too_many_message_streams",
         }
     }
@@ -198,6 +192,13 @@ pub enum ServerEvent {
     Paused { stream_id: u32, paused: bool },
     /// The peer acknowledged this many bytes in total (wrapping).
     Acknowledged { sequence_number: u32 },
+    /// A well-formed command that does not fit the session's state, e.g. publish on a stream id
+    /// that is already publishing or playing, publish on a stream id createStream never gave,
+    /// any call before connect, a second connect. The session has already answered it (onStatus
+    /// `NetStream.Publish.BadName` to a publish, `NetStream.Play.Failed` to a play, `_error` to
+    /// any other call that carries a transaction id) and changed nothing: the connection and
+    /// its other streams go on. For the driver's log line and counter.
+    CommandRefused { stream_id: u32, command: &'static str, reason: &'static str },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +208,20 @@ enum StreamRole {
     Publishing,
     PlayPending,
     Playing,
+}
+
+impl StreamRole {
+    /// Why a publish or play cannot start on a stream in this role; `None` when it can.
+    fn busy(self) -> Option<&'static str> {
+        match self {
+            StreamRole::Idle => None,
+            StreamRole::Publishing => Some("this stream id is already publishing"),
+            StreamRole::Playing => Some("this stream id is already playing"),
+            StreamRole::PublishPending | StreamRole::PlayPending => {
+                Some("this stream id is waiting for the answer to a publish or play")
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -478,6 +493,48 @@ impl ServerSession {
         self.transport.send_command(stream_id, &command);
     }
 
+    /// Why `command` on `stream_id` does not fit the session's state, if it does not. Every
+    /// rule for a command out of place is here; none of them closes the connection.
+    fn misplaced(&self, stream_id: u32, command: &ClientCommand) -> Option<&'static str> {
+        let connected = matches!(self.phase, ServerPhase::Connected);
+        let role = self.streams.iter().find(|s| s.id == stream_id).map(|s| s.role);
+        match command {
+            ClientCommand::Connect(_) if connected => Some("already connected"),
+            ClientCommand::Connect(_) => None,
+            _ if !connected => Some("connect first"),
+            ClientCommand::Publish { .. } => match role {
+                None => Some("createStream did not give this stream id"),
+                Some(role) => role.busy(),
+            },
+            // A play on a stream id never created is allowed: see handle_command.
+            ClientCommand::Play { .. } => role.and_then(StreamRole::busy),
+            _ => None,
+        }
+    }
+
+    /// Answers a command that does not fit the session's state with an error the client can act
+    /// on, and reports it; the session's state is left as it was. nginx-rtmp and SRS answer
+    /// such commands and keep the connection too: the client may create another stream, or
+    /// give up cleanly, and what it already publishes or plays is not torn down.
+    fn refuse(&mut self, stream_id: u32, tid: f64, command: &ClientCommand, reason: &'static str) {
+        let name = command.name();
+        // Encoders and players wait for an onStatus on the stream, whatever the transaction id.
+        let status = match command {
+            ClientCommand::Publish { .. } => Some(code::PUBLISH_BAD_NAME),
+            ClientCommand::Play { .. } => Some(code::PLAY_FAILED),
+            _ => None,
+        };
+        if let Some(code) = status {
+            let description = format!("{name} on stream {stream_id} refused: {reason}");
+            self.reply(stream_id, command::on_status(level::ERROR, code, &description, None));
+        } else if tid != 0.0 {
+            // A call without a transaction id expects no answer, and could not match one.
+            let description = format!("{name} refused: {reason}");
+            self.reply(0, command::error(tid, code::CALL_FAILED, &description));
+        }
+        self.events.push_back(ServerEvent::CommandRefused { stream_id, command: name, reason });
+    }
+
     fn handle_command(
         &mut self,
         stream_id: u32,
@@ -485,22 +542,12 @@ impl ServerSession {
     ) -> Result<(), SessionError> {
         let command = ClientCommand::from_message(&message)?;
         let tid = message.transaction_id;
-        if !matches!(self.phase, ServerPhase::Connected)
-            && !matches!(command, ClientCommand::Connect(_))
-        {
-            return Err(SessionError::UnexpectedCommand {
-                command: message.name,
-                state: "waiting for connect",
-            });
+        if let Some(reason) = self.misplaced(stream_id, &command) {
+            self.refuse(stream_id, tid, &command, reason);
+            return Ok(());
         }
         match command {
             ClientCommand::Connect(params) => {
-                if matches!(self.phase, ServerPhase::Connected) {
-                    return Err(SessionError::UnexpectedCommand {
-                        command: message.name,
-                        state: "already connected",
-                    });
-                }
                 let window = self.transport.config.window_ack_size;
                 self.transport.send_control(ControlMessage::WindowAckSize(window));
                 self.transport.send_control(ControlMessage::SetPeerBandwidth {
@@ -559,19 +606,10 @@ impl ServerSession {
                 }
             }
             ClientCommand::Publish { name, kind } => {
-                let Some(stream) = self.stream_mut(stream_id) else {
-                    return Err(SessionError::UnexpectedCommand {
-                        command: message.name,
-                        state: "on a stream id never created",
-                    });
-                };
-                if stream.role != StreamRole::Idle {
-                    return Err(SessionError::UnexpectedCommand {
-                        command: message.name,
-                        state: "stream already in use",
-                    });
+                // `misplaced` saw that the stream exists and is idle.
+                if let Some(stream) = self.stream_mut(stream_id) {
+                    stream.role = StreamRole::PublishPending;
                 }
-                stream.role = StreamRole::PublishPending;
                 self.events.push_back(ServerEvent::PublishRequested { stream_id, name, kind });
             }
             ClientCommand::Play { name, .. } => {
@@ -586,12 +624,6 @@ impl ServerSession {
                     self.streams.push(MessageStream { id: stream_id, role: StreamRole::Idle });
                 }
                 let Some(stream) = self.stream_mut(stream_id) else { return Ok(()) };
-                if stream.role != StreamRole::Idle {
-                    return Err(SessionError::UnexpectedCommand {
-                        command: message.name,
-                        state: "stream already in use",
-                    });
-                }
                 stream.role = StreamRole::PlayPending;
                 self.events.push_back(ServerEvent::PlayRequested { stream_id, name });
             }
@@ -617,10 +649,7 @@ impl ServerSession {
             | ClientCommand::Reply => {}
             ClientCommand::Other => {
                 if tid != 0.0 {
-                    self.reply(
-                        0,
-                        command::error(tid, "NetConnection.Call.Failed", "Method not supported"),
-                    );
+                    self.reply(0, command::error(tid, code::CALL_FAILED, "Method not supported"));
                 }
             }
         }
@@ -665,8 +694,9 @@ impl ServerSession {
         self.reply(stream_id, status);
     }
 
-    /// Refuses a publish request with `code` (e.g. [`code::PUBLISH_BAD_NAME`]). The caller closes
-    /// the connection once the reply is written.
+    /// Refuses a publish request with `code` (e.g. [`code::PUBLISH_BAD_NAME`]). The stream id is
+    /// idle again and the session goes on; whether the connection does is the caller's choice
+    /// (the relay closes a publisher refused because someone else publishes the key).
     pub fn reject_publish(&mut self, stream_id: u32, code: &str, description: &str) {
         if let Some(stream) = self.stream_mut(stream_id) {
             stream.role = StreamRole::Idle;

@@ -734,75 +734,331 @@ fn ping_request_gets_a_ping_response() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Protocol errors are errors.
+// A command out of place gets an error reply, and the session goes on (design.md, invariant 7).
 
-#[test]
-fn command_before_connect_is_unexpected() {
-    let mut pair = Pair::new(false, usize::MAX);
+/// The last command the server wrote: the message stream id it went on and its payload bytes.
+fn last_server_command(pair: &Pair) -> (u32, Bytes) {
+    let messages = pair.server_messages();
+    let last = messages
+        .iter()
+        .rev()
+        .find(|m| m.header.type_id == type_id::COMMAND_AMF0)
+        .expect("the server wrote a command");
+    (last.header.stream_id, last.payload.clone())
+}
+
+fn refused(stream_id: u32, command: &'static str, reason: &'static str) -> ServerEvent {
+    ServerEvent::CommandRefused { stream_id, command, reason }
+}
+
+/// Publishes `key` on stream 1 of a connected pair and checks that media still reaches the
+/// server: the publish survived whatever came before.
+fn assert_media_flows(pair: &mut Pair, stream_id: u32, timestamp: u32) {
+    pair.client.send_media(stream_id, MediaKind::Audio, RtmpTimestamp(timestamp), &[0xaf, 0x01]);
     pair.pump().unwrap();
-    pair.client.create_stream();
     assert_eq!(
-        pair.pump(),
-        Err((
-            Side::Server,
-            SessionError::UnexpectedCommand {
-                command: "createStream".into(),
-                state: "waiting for connect"
-            }
-        ))
+        pair.server_events(),
+        [ServerEvent::Media(Media {
+            stream_id,
+            kind: MediaKind::Audio,
+            timestamp: RtmpTimestamp(timestamp),
+            payload: Bytes::from_static(&[0xaf, 0x01]),
+            is_metadata: false,
+        })]
     );
 }
 
 #[test]
-fn second_connect_is_unexpected() {
-    let mut pair = Pair::connected(false, usize::MAX);
-    pair.client.connect("live", "rtmp://relay.test/live");
-    assert_eq!(
-        pair.pump(),
-        Err((
-            Side::Server,
-            SessionError::UnexpectedCommand {
-                command: "connect".into(),
-                state: "already connected"
-            }
-        ))
-    );
+fn calls_before_connect_get_errors_and_connect_still_works() {
+    for &fragment in FRAGMENTS {
+        let mut pair = Pair::new(false, fragment);
+        pair.pump().unwrap();
+        assert_eq!(pair.client_events(), [ClientEvent::HandshakeDone]);
+        pair.client.create_stream(); // transaction 1
+        pair.pump().unwrap();
+        let description = "createStream refused: connect first";
+        assert_eq!(
+            last_server_command(&pair),
+            (0, command::error(1.0, code::CALL_FAILED, description).to_bytes())
+        );
+        pair.client.publish(1, "cam");
+        pair.pump().unwrap();
+        let description = "publish on stream 1 refused: connect first";
+        let bad_name = command::on_status(level::ERROR, code::PUBLISH_BAD_NAME, description, None);
+        assert_eq!(last_server_command(&pair), (1, bad_name.to_bytes()));
+        pair.client.play(1, "cam");
+        pair.pump().unwrap();
+        let description = "play on stream 1 refused: connect first";
+        let failed = command::on_status(level::ERROR, code::PLAY_FAILED, description, None);
+        assert_eq!(last_server_command(&pair), (1, failed.to_bytes()));
+        assert_eq!(
+            pair.client_events(),
+            [
+                ClientEvent::CallFailed {
+                    command: "createStream".into(),
+                    code: Some(code::CALL_FAILED.into())
+                },
+                status(
+                    1,
+                    level::ERROR,
+                    code::PUBLISH_BAD_NAME,
+                    "publish on stream 1 refused: connect first"
+                ),
+                status(
+                    1,
+                    level::ERROR,
+                    code::PLAY_FAILED,
+                    "play on stream 1 refused: connect first"
+                ),
+            ],
+            "fragment {fragment}"
+        );
+        assert_eq!(
+            pair.server_events(),
+            [
+                refused(0, "createStream", "connect first"),
+                refused(1, "publish", "connect first"),
+                refused(1, "play", "connect first"),
+            ],
+            "fragment {fragment}"
+        );
+        assert_eq!(pair.server.app(), None, "still waiting for connect");
+        // Nothing was created: after connect, createStream hands out id 1.
+        pair.client.connect("live", "rtmp://relay.test/live");
+        pair.client.create_stream();
+        pair.pump().unwrap();
+        assert_eq!(
+            pair.client_events(),
+            [ClientEvent::Connected, ClientEvent::StreamCreated { stream_id: 1 }],
+            "fragment {fragment}"
+        );
+        assert!(matches!(pair.server_events()[..], [ServerEvent::Connected(_)]));
+    }
 }
 
 #[test]
-fn publish_on_a_stream_never_created() {
-    let mut pair = Pair::connected(false, usize::MAX);
-    pair.client.publish(7, "cam");
-    assert_eq!(
-        pair.pump(),
-        Err((
-            Side::Server,
-            SessionError::UnexpectedCommand {
-                command: "publish".into(),
-                state: "on a stream id never created"
-            }
-        ))
-    );
-}
-
-#[test]
-fn publish_twice_on_one_stream() {
+fn a_second_connect_gets_an_error_and_the_session_goes_on() {
     let mut pair = Pair::connected(false, usize::MAX);
     pair.client.publish(1, "cam");
     pair.pump().unwrap();
     pair.answer(|server| server.accept_publish(1, "cam")).unwrap();
-    pair.client.publish(1, "cam");
+    pair.client_events();
+    pair.server_events();
+    pair.client.connect("other", "rtmp://relay.test/other"); // transaction 4
+    pair.pump().unwrap();
+    let description = "connect refused: already connected";
     assert_eq!(
-        pair.pump(),
-        Err((
-            Side::Server,
-            SessionError::UnexpectedCommand {
-                command: "publish".into(),
-                state: "stream already in use"
-            }
-        ))
+        last_server_command(&pair),
+        (0, command::error(4.0, code::CALL_FAILED, description).to_bytes())
     );
+    assert_eq!(
+        pair.client_events(),
+        [ClientEvent::CallFailed {
+            command: "connect".into(),
+            code: Some(code::CALL_FAILED.into())
+        }]
+    );
+    assert_eq!(pair.server_events(), [refused(0, "connect", "already connected")]);
+    assert_eq!(pair.server.app(), Some("live"), "the first connect stands");
+    assert_media_flows(&mut pair, 1, 40);
 }
+
+#[test]
+fn publish_on_a_stream_never_created_gets_bad_name() {
+    for &fragment in FRAGMENTS {
+        let mut pair = Pair::connected(false, fragment);
+        pair.client.publish(7, "cam");
+        pair.pump().unwrap();
+        let description = "publish on stream 7 refused: createStream did not give this stream id";
+        let bad_name = command::on_status(level::ERROR, code::PUBLISH_BAD_NAME, description, None);
+        assert_eq!(last_server_command(&pair), (7, bad_name.to_bytes()));
+        assert_eq!(
+            pair.client_events(),
+            [status(7, level::ERROR, code::PUBLISH_BAD_NAME, description)]
+        );
+        assert_eq!(
+            pair.server_events(),
+            [refused(7, "publish", "createStream did not give this stream id")]
+        );
+        // Media on the stream that was refused goes nowhere.
+        pair.client.send_media(7, MediaKind::Audio, RtmpTimestamp(0), &[0xaf, 0x01]);
+        pair.pump().unwrap();
+        assert_eq!(pair.server_events(), []);
+        // The stream createStream gave is still there to publish on.
+        pair.client.publish(1, "cam");
+        pair.pump().unwrap();
+        assert!(matches!(
+            pair.server_events()[..],
+            [ServerEvent::PublishRequested { stream_id: 1, .. }]
+        ));
+        pair.answer(|server| server.accept_publish(1, "cam")).unwrap();
+        assert_media_flows(&mut pair, 1, 0);
+    }
+}
+
+/// A retry of publish on the stream id that publishes already (another name or the same) is
+/// refused; the publish that runs is untouched.
+#[test]
+fn publish_on_a_publishing_stream_gets_bad_name_and_the_publish_goes_on() {
+    for &fragment in FRAGMENTS {
+        let mut pair = Pair::connected(false, fragment);
+        pair.client.publish(1, "cam");
+        pair.pump().unwrap();
+        pair.answer(|server| server.accept_publish(1, "cam")).unwrap();
+        pair.client_events();
+        pair.server_events();
+        for name in ["cam", "other"] {
+            pair.client.publish(1, name);
+            pair.pump().unwrap();
+            let description = "publish on stream 1 refused: this stream id is already publishing";
+            let bad_name =
+                command::on_status(level::ERROR, code::PUBLISH_BAD_NAME, description, None);
+            assert_eq!(last_server_command(&pair), (1, bad_name.to_bytes()));
+            assert_eq!(
+                pair.client_events(),
+                [status(1, level::ERROR, code::PUBLISH_BAD_NAME, description)]
+            );
+            assert_eq!(
+                pair.server_events(),
+                [refused(1, "publish", "this stream id is already publishing")]
+            );
+            assert_media_flows(&mut pair, 1, 20);
+        }
+        // It still ends as a publish does.
+        pair.client.delete_stream(1);
+        pair.pump().unwrap();
+        assert_eq!(pair.server_events(), [ServerEvent::StreamClosed { stream_id: 1 }]);
+    }
+}
+
+#[test]
+fn play_on_a_publishing_stream_gets_play_failed_and_a_fresh_stream_plays() {
+    for &fragment in FRAGMENTS {
+        let mut pair = Pair::connected(false, fragment);
+        pair.client.publish(1, "cam");
+        pair.pump().unwrap();
+        pair.answer(|server| server.accept_publish(1, "cam")).unwrap();
+        pair.client_events();
+        pair.server_events();
+        pair.client.play(1, "cam");
+        pair.pump().unwrap();
+        let description = "play on stream 1 refused: this stream id is already publishing";
+        let failed = command::on_status(level::ERROR, code::PLAY_FAILED, description, None);
+        assert_eq!(last_server_command(&pair), (1, failed.to_bytes()));
+        assert_eq!(pair.client_events(), [status(1, level::ERROR, code::PLAY_FAILED, description)]);
+        assert_eq!(
+            pair.server_events(),
+            [refused(1, "play", "this stream id is already publishing")]
+        );
+        assert_media_flows(&mut pair, 1, 40);
+        pair.client.create_stream();
+        pair.pump().unwrap();
+        assert_eq!(pair.client_events(), [ClientEvent::StreamCreated { stream_id: 2 }]);
+        pair.client.play(2, "cam");
+        pair.pump().unwrap();
+        assert!(matches!(
+            pair.server_events()[..],
+            [ServerEvent::PlayRequested { stream_id: 2, .. }]
+        ));
+        pair.answer(|server| server.accept_play(2, "cam")).unwrap();
+        assert!(pair.client_events().contains(&status(
+            2,
+            level::STATUS,
+            code::PLAY_START,
+            "Started playing cam."
+        )));
+    }
+}
+
+#[test]
+fn publish_or_play_on_a_playing_stream_gets_an_error_and_the_play_goes_on() {
+    for &fragment in FRAGMENTS {
+        let mut pair = Pair::connected(false, fragment);
+        pair.client.play(1, "cam");
+        pair.pump().unwrap();
+        pair.answer(|server| server.accept_play(1, "cam")).unwrap();
+        pair.client_events();
+        pair.server_events();
+        let description = "publish on stream 1 refused: this stream id is already playing";
+        pair.client.publish(1, "cam");
+        pair.pump().unwrap();
+        let bad_name = command::on_status(level::ERROR, code::PUBLISH_BAD_NAME, description, None);
+        assert_eq!(last_server_command(&pair), (1, bad_name.to_bytes()));
+        assert_eq!(
+            pair.client_events(),
+            [status(1, level::ERROR, code::PUBLISH_BAD_NAME, description)]
+        );
+        assert_eq!(
+            pair.server_events(),
+            [refused(1, "publish", "this stream id is already playing")]
+        );
+        // Media a confused client sends on its playing stream is not taken as published.
+        pair.client.send_media(1, MediaKind::Audio, RtmpTimestamp(0), &[0xaf, 0x01]);
+        pair.pump().unwrap();
+        assert_eq!(pair.server_events(), []);
+        let description = "play on stream 1 refused: this stream id is already playing";
+        pair.client.play(1, "other");
+        pair.pump().unwrap();
+        let failed = command::on_status(level::ERROR, code::PLAY_FAILED, description, None);
+        assert_eq!(last_server_command(&pair), (1, failed.to_bytes()));
+        assert_eq!(pair.client_events(), [status(1, level::ERROR, code::PLAY_FAILED, description)]);
+        assert_eq!(pair.server_events(), [refused(1, "play", "this stream id is already playing")]);
+        // Still playing: pause reaches the driver, and closeStream ends the play.
+        let pause = CommandMessage::new("pause", 0.0, Amf0Value::Null)
+            .arg(Amf0Value::Boolean(true))
+            .arg(Amf0Value::Number(0.0));
+        pair.client.send_raw(&raw_command(1, &pause));
+        let close = CommandMessage::new("closeStream", 0.0, Amf0Value::Null);
+        pair.client.send_raw(&raw_command(1, &close));
+        pair.pump().unwrap();
+        assert_eq!(
+            pair.server_events(),
+            [
+                ServerEvent::Paused { stream_id: 1, paused: true },
+                ServerEvent::StreamClosed { stream_id: 1 }
+            ]
+        );
+    }
+}
+
+/// A driver that reads on before answering a request (this crate's relay does not) sees a
+/// second request on the same stream id refused, and can still answer the first.
+#[test]
+fn publish_while_a_request_waits_is_refused() {
+    let mut pair = Pair::connected(false, usize::MAX);
+    pair.client.publish(1, "cam");
+    pair.pump().unwrap();
+    assert!(matches!(pair.server_events()[..], [ServerEvent::PublishRequested { .. }]));
+    pair.answer(|_| {}).unwrap(); // read on, unanswered
+    pair.client.publish(1, "cam");
+    pair.pump().unwrap();
+    let reason = "this stream id is waiting for the answer to a publish or play";
+    assert_eq!(pair.server_events(), [refused(1, "publish", reason)]);
+    let description = format!("publish on stream 1 refused: {reason}");
+    assert_eq!(
+        pair.client_events(),
+        [status(1, level::ERROR, code::PUBLISH_BAD_NAME, &description)]
+    );
+    pair.answer(|server| server.accept_publish(1, "cam")).unwrap();
+    assert_media_flows(&mut pair, 1, 0);
+}
+
+/// A call without a transaction id expects no answer: a misplaced one is refused silently
+/// (and reported to the driver).
+#[test]
+fn a_misplaced_call_without_transaction_id_gets_no_reply() {
+    let mut pair = Pair::new(false, usize::MAX);
+    pair.pump().unwrap();
+    pair.client_events();
+    let before = pair.server_log.len();
+    pair.client.delete_stream(1); // transaction id 0
+    pair.pump().unwrap();
+    assert_eq!(pair.server_log.len(), before, "nothing written");
+    assert_eq!(pair.server_events(), [refused(0, "deleteStream", "connect first")]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits are errors.
 
 #[test]
 fn too_many_message_streams() {

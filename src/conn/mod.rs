@@ -513,6 +513,16 @@ impl Connection {
                 }
                 Span::current().record("key", name.key.as_str());
                 let key = self.key(&name.key);
+                if let Some(other) = self.publishing_id_of(&key) {
+                    // This connection publishes the key already, on another stream id: a retry
+                    // on the wrong id, not a rival publisher. Refusing it the way a rival is
+                    // refused would close the connection and end the publish that works.
+                    let reason = "this connection publishes the key already";
+                    let description = format!("{key} is already published on stream {other}");
+                    self.session.reject_publish(stream_id, code::PUBLISH_BAD_NAME, &description);
+                    self.command_refused(stream_id, "publish", reason);
+                    return Ok(());
+                }
                 let publisher = PublisherInfo { conn_id: self.conn_id, peer: self.peer };
                 if !self.ctx.registry.owns(&key) {
                     let waiter = self.ctx.registry.request_publish(key.clone(), publisher);
@@ -579,8 +589,30 @@ impl Connection {
             ServerEvent::Acknowledged { sequence_number } => {
                 self.queue.acknowledge(sequence_number)
             }
+            // The session has answered it with an error; the connection goes on.
+            ServerEvent::CommandRefused { stream_id, command, reason } => {
+                self.command_refused(stream_id, command, reason)
+            }
         }
         Ok(())
+    }
+
+    /// Counts and logs a command out of place that was answered with an error. Debug level: a
+    /// client can send these as often as it likes, and it was told why.
+    fn command_refused(&self, stream_id: u32, command: &'static str, reason: &'static str) {
+        self.ctx.counters.commands_refused.inc();
+        debug!(stream_id, command, reason, "command out of place refused");
+    }
+
+    /// The message stream id on which this connection publishes `key`, if it does.
+    fn publishing_id_of(&self, key: &StreamKey) -> Option<u32> {
+        self.publishing.iter().find_map(|(id, publishing)| {
+            let published = match publishing {
+                Publishing::Local(stream) => &stream.key,
+                Publishing::Remote { key, .. } => key,
+            };
+            (published == key).then_some(*id)
+        })
     }
 
     fn close_stream(&mut self, stream_id: u32, now: Instant) {

@@ -96,6 +96,9 @@ pub struct ShardCounters {
     pub protocol_errors: Counter,
     pub publishes: Counter,
     pub publishes_rejected: Counter,
+    /// Commands out of place (publish on a stream id already in use, a second connect, ...)
+    /// answered with an error; the connection stayed.
+    pub commands_refused: Counter,
     pub plays: Counter,
     /// Streams this shard owns.
     pub streams: Gauge,
@@ -169,6 +172,7 @@ pub struct CountersSnapshot {
     pub handshake_failures: u64,
     pub publishes: u64,
     pub publishes_rejected: u64,
+    pub commands_refused: u64,
     pub plays: u64,
     pub streams: i64,
     pub mirrors: i64,
@@ -197,6 +201,7 @@ impl ShardCounters {
             handshake_failures: self.handshake_failures.get(),
             publishes: self.publishes.get(),
             publishes_rejected: self.publishes_rejected.get(),
+            commands_refused: self.commands_refused.get(),
             plays: self.plays.get(),
             streams: self.streams.get(),
             mirrors: self.mirrors.get(),
@@ -231,6 +236,7 @@ impl std::ops::Add for CountersSnapshot {
             handshake_failures: self.handshake_failures + o.handshake_failures,
             publishes: self.publishes + o.publishes,
             publishes_rejected: self.publishes_rejected + o.publishes_rejected,
+            commands_refused: self.commands_refused + o.commands_refused,
             plays: self.plays + o.plays,
             streams: self.streams + o.streams,
             mirrors: self.mirrors + o.mirrors,

@@ -177,6 +177,12 @@ pub fn render(shards: &[ShardStats]) -> String {
         "Publishes refused (key already published)",
         per_shard(|s| s.counters.publishes_rejected),
     );
+    f.counter(
+        "commands_refused",
+        "Commands out of place answered with an error, the connection kept (e.g. publish on a \
+         stream id already publishing)",
+        per_shard(|s| s.counters.commands_refused),
+    );
     f.counter("plays", "Plays started", per_shard(|s| s.counters.plays));
     f.counter(
         "messages_in",
