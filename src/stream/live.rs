@@ -397,12 +397,7 @@ impl Stream {
         let mut state = self.state.borrow_mut();
         if state.publisher.is_some() {
             let replay = state.cache.replay(state.last_timestamp, &settings.encoder);
-            let has_keyframe = replay.iter().any(|f| f.class == FrameClass::Keyframe);
-            for frame in &replay {
-                subscriber.push_replay(frame, now, settings);
-            }
-            // Without a cached GOP, inter frames before the next keyframe are undecodable.
-            subscriber.skipping.set(!has_keyframe);
+            subscriber.start_from(&replay, now, settings);
         } else {
             subscriber.skipping.set(true);
         }
@@ -506,12 +501,8 @@ impl Stream {
             self.detect_codec(codecs, frame);
             state.cache.on_frame(frame);
         }
-        let has_keyframe = frames.iter().any(|f| f.class == FrameClass::Keyframe);
         for subscriber in &state.subscribers {
-            for frame in &frames {
-                subscriber.push_replay(frame, now, settings);
-            }
-            subscriber.skipping.set(!has_keyframe);
+            subscriber.start_from(&frames, now, settings);
         }
     }
 }

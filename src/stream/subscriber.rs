@@ -104,7 +104,7 @@ impl Subscriber {
     }
 
     /// Queues a frame from the late-join cache (counted for time to first frame only).
-    pub(super) fn push_replay(&self, frame: &Rc<Frame>, now: Instant, settings: &RelaySettings) {
+    fn push_replay(&self, frame: &Rc<Frame>, now: Instant, settings: &RelaySettings) {
         if self.stream_id == PLAY_STREAM_ID {
             self.queue.push_replay(frame.clone(), now);
         } else {
@@ -114,6 +114,15 @@ impl Subscriber {
                 now,
             );
         }
+    }
+
+    /// Starts a player on a live stream: queues the late-join cache, and skips video until the
+    /// next keyframe when the cache holds none (inter frames before it are undecodable).
+    pub(super) fn start_from(&self, replay: &[Rc<Frame>], now: Instant, settings: &RelaySettings) {
+        for frame in replay {
+            self.push_replay(frame, now, settings);
+        }
+        self.skipping.set(!replay.iter().any(|f| f.class == FrameClass::Keyframe));
     }
 
     /// Queues one live frame, applying the slow-subscriber policy (design invariant 6).
