@@ -34,8 +34,7 @@ use rtmp_proto::session::{Media, MediaKind};
 use rtmp_proto::time::RtmpTimestamp;
 use rtmp_relay::metrics::ShardCounters;
 use rtmp_relay::stream::{
-    Frame, LateJoinCache, OutQueue, PublisherInfo, Registry, RelaySettings, Stream, StreamKey,
-    Subscriber,
+    Frame, LateJoinCache, OutQueue, PublisherInfo, Registry, Stream, StreamKey, Subscriber,
 };
 use rtmp_relay::Config;
 
@@ -141,7 +140,7 @@ struct Fanout {
 
 impl Fanout {
     fn new(subscribers: u64, play_stream_id: u32) -> Self {
-        let settings = RelaySettings::from_config(&Config::default());
+        let settings = Config::default().relay_settings();
         let registry = Registry::new(settings, Rc::new(ShardCounters::default()));
         let now = Instant::now();
         let key = StreamKey::new("live", "bench");
@@ -375,7 +374,7 @@ fn headers(encoder: &ChunkEncoder) -> [Rc<Frame>; 3] {
 }
 
 fn cache(suite: &mut Suite<'_>) -> TableFn {
-    let settings = RelaySettings::from_config(&Config::default());
+    let settings = Config::default().relay_settings();
     let encoder = settings.encoder;
     let gop = Rc::new(gop(&encoder));
     let headers = headers(&encoder);

@@ -368,6 +368,25 @@ impl Config {
         }
     }
 
+    /// The relay's knobs, as every shard applies them.
+    pub fn relay_settings(&self) -> crate::stream::RelaySettings {
+        crate::stream::RelaySettings {
+            encoder: rtmp_proto::chunk::ChunkEncoder::new(self.out_chunk_size),
+            cache: crate::stream::CacheLimits {
+                max_bytes: self.gop_cache_max_bytes,
+                max_ms: self.gop_cache_max_ms,
+            },
+            soft_lag_ms: self.subscriber_soft_lag_ms,
+            hard_queue_bytes: self.subscriber_hard_limit_bytes,
+            stall: self.subscriber_stall(),
+            republish_wait: self.republish_wait(),
+            max_streams: self.max_streams_per_shard,
+            max_subscribers: self.max_subscribers_per_stream,
+            record: self.record_config().map(std::rc::Rc::new),
+            record_apps: self.record_apps.clone().into(),
+        }
+    }
+
     /// The protocol settings every session of this server uses.
     pub fn session_config(&self) -> rtmp_proto::session::SessionConfig {
         let defaults = rtmp_proto::session::SessionConfig::default();

@@ -5,17 +5,26 @@
 //! per player per message is one queue push and its share of a vectored write.
 //!
 //! # Layout and dependency direction
-//! `runtime -> conn -> stream -> rtmp_proto`, with `config`, `metrics` and `telemetry` as leaves:
-//! - [`runtime`]: executors, listeners, shutdown; owns the shards.
+//! Every module imports only modules below it in this list, never one above (no cycles):
+//! - [`runtime`]: executors, listeners, the channel mesh, shutdown; owns the shards.
+//! - [`config`]: one `Config`, and the composition root's conversions from it into each
+//!   module's settings (`ConnLimits`, `RelaySettings`, `RecordConfig`, `SessionConfig`), so no
+//!   module below knows `Config`.
 //! - [`conn`]: the only place bytes meet sockets; drives one `ServerSession` per connection.
 //! - [`stream`]: registry, streams, late-join cache, fan-out and per-connection queues; knows
 //!   nothing of sockets.
+//! - [`record`]: the FLV recorder, a sink of streams.
+//! - leaves, importing nothing from the crate: [`frame`] (the message as relayed, shared by the
+//!   fan-out and the recorder), [`metrics`] (counters, stats, the HTTP control plane) and
+//!   [`telemetry`] (log set-up and rate limits).
 //! - `rtmp_proto` (crate `proto/`): the sans-IO protocol; knows nothing of shards or sockets.
 //!
-//! `tests/architecture.rs` keeps this direction true.
+//! `tests/architecture.rs` keeps this order true: it reads every `crate::` path in `src/` and
+//! fails on any import that points up the list.
 
 pub mod config;
 pub mod conn;
+pub mod frame;
 pub mod metrics;
 pub mod record;
 pub mod runtime;

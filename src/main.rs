@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use rtmp_relay::config::LoadError;
+use rtmp_relay::config::{LoadError, LogFormat};
 use rtmp_relay::{telemetry, Config};
 use tracing::{error, info};
 
@@ -16,7 +16,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&config);
+    telemetry::init(&config.log_level, config.log_format == LogFormat::Json);
     abort_on_panic();
     // Block SIGINT/SIGTERM here, before any shard thread exists, so every thread inherits the
     // mask and the signals wait for `sigwait` below instead of killing the process mid-write.

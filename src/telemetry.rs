@@ -8,16 +8,13 @@ use std::time::{Duration, Instant};
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, LogFormat};
-
-/// Installs the global subscriber. A second call (tests starting several servers) is a no-op.
-pub fn init(config: &Config) {
-    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber: `filter` in `tracing`'s env-filter syntax (e.g. `info` or
+/// `warn,rtmp_relay::conn=debug`), JSON lines or human-readable text. A second call (tests
+/// starting several servers) is a no-op.
+pub fn init(filter: &str, json: bool) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_thread_names(true);
-    let _ = match config.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
 
 /// At most one log line per `interval` for one source of repeated events (a slow subscriber, a

@@ -6,12 +6,14 @@
 
 mod http;
 mod prometheus;
+mod recording;
 pub mod stats;
 
 use std::cell::{Cell, RefCell};
 
 pub use http::{serve as serve_http, HttpError, HttpServer};
 pub use prometheus::render as render_prometheus;
+pub use recording::{RecordCounters, RecordCountersSnapshot};
 pub use stats::{DeliveryTotals, ShardStats, StreamStats, SubscriberStats};
 
 /// A monotonically increasing shard-local counter.

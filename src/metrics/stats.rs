@@ -30,7 +30,7 @@ pub struct ShardStats {
     /// Limits that tripped, by name (besides those counted as protocol errors).
     pub limits: Vec<(&'static str, u64)>,
     /// This shard's recordings.
-    pub recording: crate::record::RecordCountersSnapshot,
+    pub recording: super::RecordCountersSnapshot,
     /// Per peer shard: (messages sent to it, received from it, media dropped to it).
     pub mesh: Vec<(u64, u64, u64)>,
     pub streams: Vec<StreamStats>,

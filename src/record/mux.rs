@@ -35,7 +35,7 @@ use rtmp_proto::time::RtmpTimestamp;
 use tracing::warn;
 
 use super::flv::{self, MetadataPatch, FLAG_AUDIO, FLAG_VIDEO, TAG_HEADER_LEN, TAG_TRAILER_LEN};
-use crate::stream::{Frame, FrameClass};
+use crate::frame::{Frame, FrameClass};
 
 /// How far (ms) a frame may lag the newest one and still be treated as interleaving jitter
 /// (audio stamped a little before the video frame sent ahead of it): it is written at the

@@ -24,7 +24,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 use crate::config::Config;
 use crate::conn::{self, ConnContext};
 use crate::metrics::{CountersSnapshot, HttpServer, ShardCounters, ShardStats};
-use crate::stream::{PeerOutbox, Registry, RelaySettings, ShardMessage, StreamKey};
+use crate::stream::{PeerOutbox, Registry, ShardMessage, StreamKey};
 use crate::telemetry::LogLimiter;
 
 /// How often a shard looks at control requests and expires waiting players.
@@ -399,12 +399,8 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
         .map(|peer| Rc::new(PeerOutbox::new(peer, config.mesh_frame_limit)))
         .collect();
     let counters = Rc::new(ShardCounters::default());
-    let registry = Registry::sharded(
-        RelaySettings::from_config(&config),
-        counters.clone(),
-        shard_id,
-        outboxes.clone(),
-    );
+    let registry =
+        Registry::sharded(config.relay_settings(), counters.clone(), shard_id, outboxes.clone());
     let mut ctx = ConnContext::new(
         shard_id,
         registry,

@@ -13,7 +13,7 @@ use rtmp_proto::chunk::ChunkEncoder;
 use rtmp_proto::session::MediaKind;
 use rtmp_proto::time::RtmpTimestamp;
 
-use super::frame::{Frame, FrameClass};
+use crate::frame::{Frame, FrameClass};
 
 /// Bounds on one stream's GOP cache.
 #[derive(Debug, Clone, Copy)]

@@ -18,11 +18,11 @@ use rtmp_proto::time::RtmpTimestamp;
 use tracing::{info, warn};
 
 use super::cache::{CacheLimits, LateJoinCache};
-use super::frame::{Frame, FrameClass, PLAY_STREAM_ID};
 use super::queue::WaitStats;
 use super::shard::{PeerOutbox, ShardMessage};
 use super::subscriber::Subscriber;
 use super::{PublishRefused, PublisherInfo, RelaySettings, StreamKey};
+use crate::frame::{Frame, FrameClass, PLAY_STREAM_ID};
 use crate::metrics::stats::{AudioStats, PublisherStats, StreamStats, SubscriberStats, VideoStats};
 use crate::metrics::{DeliveryTotals, ShardCounters};
 use crate::record::Recorder;
@@ -64,6 +64,9 @@ struct StreamState {
     /// The newest audio or video timestamp of the current publish (none before its first coded
     /// frame): where a late joiner's headers are stamped when no GOP is cached.
     last_timestamp: Option<RtmpTimestamp>,
+    /// The newest audio and video timestamps of the current publish: live, per track, for the
+    /// players' lag in the stats.
+    newest: Newest,
     messages_in: u64,
     bytes_in: u64,
     video_frames: u64,
@@ -72,6 +75,23 @@ struct StreamState {
     rates: Rates,
     /// The current publish's recording (owner only, when recording is on).
     recorder: Option<Recorder>,
+}
+
+/// The newest timestamp seen on each track.
+#[derive(Debug, Default)]
+struct Newest {
+    audio: Option<RtmpTimestamp>,
+    video: Option<RtmpTimestamp>,
+}
+
+impl Newest {
+    fn note(&mut self, frame: &Frame) {
+        match frame.kind {
+            MediaKind::Audio => self.audio = Some(frame.timestamp),
+            MediaKind::Video => self.video = Some(frame.timestamp),
+            MediaKind::Data => {}
+        }
+    }
 }
 
 /// Ingress bitrate and frame rate, measured over the last tick (about a second).
@@ -119,6 +139,7 @@ impl Stream {
                 codecs: CodecInfo::default(),
                 idle_since: Some(now),
                 last_timestamp: None,
+                newest: Newest::default(),
                 messages_in: 0,
                 bytes_in: 0,
                 video_frames: 0,
@@ -234,6 +255,7 @@ impl Stream {
         state.bytes_in += frame.len() as u64;
         if frame.is_timed() {
             state.last_timestamp = Some(frame.timestamp);
+            state.newest.note(&frame);
         }
         if frame.kind == MediaKind::Video && frame.class != FrameClass::SequenceHeader {
             state.video_frames += 1;
@@ -334,6 +356,7 @@ impl Stream {
         state.cache.clear();
         state.codecs = CodecInfo::default();
         state.last_timestamp = None;
+        state.newest = Newest::default();
         for subscriber in &state.subscribers {
             subscriber.skipping.set(true);
             // The new publisher's clock owes nothing to the old one's: it may restart at zero
@@ -496,6 +519,7 @@ impl Stream {
         for frame in &frames {
             if frame.is_timed() {
                 state.last_timestamp = Some(frame.timestamp);
+                state.newest.note(frame);
             }
             let codecs = &mut state.codecs;
             self.detect_codec(codecs, frame);
@@ -560,7 +584,7 @@ impl Stream {
                 bytes: s.queue.bytes_written(),
                 dropped: s.dropped(),
                 queue_bytes: s.queue.queued_bytes(),
-                lag_ms: s.queue.lag_ms(),
+                lag_ms: s.queue.lag_behind(state.newest.audio, state.newest.video),
                 unacknowledged_bytes: s.queue.unacknowledged_bytes(),
             })
             .collect();

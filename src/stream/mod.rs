@@ -13,7 +13,6 @@
 //! drains, and other shards are [`PeerOutbox`]es that the runtime drains.
 
 mod cache;
-pub mod frame;
 mod live;
 pub mod queue;
 mod registry;
@@ -29,8 +28,8 @@ use rtmp_proto::chunk::ChunkEncoder;
 
 use crate::record::RecordConfig;
 
+pub use crate::frame::{Frame, FrameClass, PLAY_STREAM_ID};
 pub use cache::{CacheLimits, LateJoinCache};
-pub use frame::{Frame, FrameClass, PLAY_STREAM_ID};
 pub use live::{CodecInfo, Stream};
 pub use queue::{CloseReason, OutQueue};
 pub use registry::Registry;
@@ -80,24 +79,6 @@ pub struct RelaySettings {
 }
 
 impl RelaySettings {
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        RelaySettings {
-            encoder: ChunkEncoder::new(config.out_chunk_size),
-            cache: CacheLimits {
-                max_bytes: config.gop_cache_max_bytes,
-                max_ms: config.gop_cache_max_ms,
-            },
-            soft_lag_ms: config.subscriber_soft_lag_ms,
-            hard_queue_bytes: config.subscriber_hard_limit_bytes,
-            stall: config.subscriber_stall(),
-            republish_wait: config.republish_wait(),
-            max_streams: config.max_streams_per_shard,
-            max_subscribers: config.max_subscribers_per_stream,
-            record: config.record_config().map(Rc::new),
-            record_apps: config.record_apps.clone().into(),
-        }
-    }
-
     /// Whether streams of `app` are recorded.
     pub fn records(&self, app: &str) -> bool {
         self.record.is_some()

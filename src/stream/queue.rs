@@ -18,7 +18,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use rtmp_proto::time::RtmpTimestamp;
 
-use super::frame::Frame;
+use crate::frame::Frame;
 use crate::metrics::stats::{new_latency_histogram, record_duration};
 use rtmp_proto::session::MediaKind;
 
@@ -214,22 +214,30 @@ impl OutQueue {
         self.closed.get()
     }
 
-    /// How far behind live this connection is, in media milliseconds: the most stream time
-    /// queued on any one track (audio or video), each track measured in its own timestamps.
+    /// Stream time queued, in media milliseconds: the most on any one track (audio or video),
+    /// each track measured in its own timestamps.
     pub fn lag_ms(&self) -> u32 {
+        self.lag_behind(None, None)
+    }
+
+    /// How far behind live this connection is: per track, from its oldest queued frame to the
+    /// newest the stream has (`None`: the newest queued), the most of the two tracks.
+    pub fn lag_behind(
+        &self,
+        newest_audio: Option<RtmpTimestamp>,
+        newest_video: Option<RtmpTimestamp>,
+    ) -> u32 {
         let backlog = self.backlog.borrow();
-        span(&backlog.audio, None).max(span(&backlog.video, None))
+        span(&backlog.audio, newest_audio).max(span(&backlog.video, newest_video))
     }
 
     /// The lag this connection would have with `frame` queued too.
     pub fn lag_ms_with(&self, frame: &Frame) -> u32 {
-        let backlog = self.backlog.borrow();
-        let (audio, video) = match frame.kind {
-            MediaKind::Audio => (Some(frame.timestamp), None),
-            MediaKind::Video => (None, Some(frame.timestamp)),
-            MediaKind::Data => (None, None),
-        };
-        span(&backlog.audio, audio).max(span(&backlog.video, video))
+        match frame.kind {
+            MediaKind::Audio => self.lag_behind(Some(frame.timestamp), None),
+            MediaKind::Video => self.lag_behind(None, Some(frame.timestamp)),
+            MediaKind::Data => self.lag_ms(),
+        }
     }
 
     /// The stream's time base may change from here on (a new publisher): what is queued so far

@@ -13,11 +13,11 @@ use std::time::{Instant, SystemTime};
 use rtmp_proto::session::Media;
 use tracing::{debug, info, warn, Instrument, Span};
 
-use super::frame::Frame;
 use super::live::{notify_all, Stream};
 use super::shard::{owner_of, PeerOutbox, PublishWaiter, ShardMessage, SnapshotWaiter};
 use super::subscriber::Subscriber;
 use super::{CloseReason, PublishRefused, PublisherInfo, RelaySettings, StreamKey};
+use crate::frame::Frame;
 use crate::metrics::{Counter, ShardCounters, ShardStats};
 use crate::record::{RecordCounters, RecordError, Recorder};
 

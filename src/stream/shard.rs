@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::task::{Context, Poll, Waker};
 
-use super::frame::{Frame, FrameClass};
 use super::{PublishRefused, PublisherInfo, StreamKey};
+use crate::frame::{Frame, FrameClass};
 use crate::metrics::{Counter, DeliveryTotals};
 
 /// The owner of `key` among `shards`. FNV-1a: stable across builds and platforms, so an

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use super::frame::{Frame, FrameClass, PLAY_STREAM_ID};
 use super::queue::{CloseReason, OutQueue};
 use super::RelaySettings;
+use crate::frame::{Frame, FrameClass, PLAY_STREAM_ID};
 use crate::metrics::{DeliveryTotals, ShardCounters};
 use crate::telemetry::LogLimiter;
 

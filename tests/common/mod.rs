@@ -35,7 +35,7 @@ pub fn start_server(configure: impl FnOnce(&mut Config)) -> ServerHandle {
         ..Config::default()
     };
     configure(&mut config);
-    rtmp_relay::telemetry::init(&config);
+    rtmp_relay::telemetry::init(&config.log_level, false);
     rtmp_relay::start(&config).expect("server starts")
 }
 

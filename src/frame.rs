@@ -1,5 +1,8 @@
 //! A media message as the relay carries it: classified once on arrival, chunk-encoded once, and
-//! shared by reference by the late-join cache and every subscriber queue.
+//! shared by reference by the late-join cache, every subscriber queue and the recorder.
+//!
+//! A leaf of its own: the vocabulary `stream` (the fan-out) and `record` (a sink) share, so
+//! neither has to import the other's internals to speak of a frame.
 
 use std::time::Instant;
 
