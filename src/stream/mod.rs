@@ -112,6 +112,15 @@ pub struct PublisherInfo {
     pub peer: SocketAddr,
 }
 
+/// Whether a publisher's connection is still there, asked on the shard that holds the
+/// connection before a publish of its key is refused. conn implements it over its socket; this
+/// module knows nothing of sockets.
+pub trait Liveness: fmt::Debug {
+    /// True once the connection can publish nothing more: its peer closed it (FIN) or reset
+    /// it, or the socket failed or was shut down. A cheap check that never waits.
+    fn is_gone(&self) -> bool;
+}
+
 /// Why a publish was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishRefused {
