@@ -145,7 +145,7 @@ impl Fanout {
         let now = Instant::now();
         let key = StreamKey::new("live", "bench");
         let stream = registry
-            .publish(key.clone(), PublisherInfo { conn_id: 0, peer: peer(0) }, now)
+            .publish(key.clone(), PublisherInfo { conn_id: 0, shard: 0, peer: peer(0) }, now)
             .expect("a fresh key");
         let (settings, counters) = (registry.settings(), registry.counters());
         let zero = RtmpTimestamp(0);
@@ -419,7 +419,7 @@ fn cache(suite: &mut Suite<'_>) -> TableFn {
     let key = StreamKey::new("live", "bench");
     let now = Instant::now();
     let stream = registry
-        .publish(key.clone(), PublisherInfo { conn_id: 0, peer: peer(0) }, now)
+        .publish(key.clone(), PublisherInfo { conn_id: 0, shard: 0, peer: peer(0) }, now)
         .expect("a fresh key");
     for frame in headers.iter().chain(gop.iter()) {
         let is_metadata = frame.kind == MediaKind::Data;

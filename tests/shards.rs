@@ -207,6 +207,54 @@ fn a_second_publisher_on_another_shard_is_refused_by_the_owner() {
     assert_live(&player.media(21, WAIT), &sent);
 }
 
+/// The owner cannot see a holder on another shard: it asks that shard whether the holder's
+/// connection is still there, and a live one keeps the key.
+#[test]
+fn a_second_publisher_on_the_owner_is_refused_while_the_holder_on_another_shard_lives() {
+    let server = two_shards();
+    let key = key_owned_by(&server, 0, "dup-remote");
+    let mut first = Client::connect(addr(&server, 1), "live");
+    assert_eq!(first.publish(&key), "NetStream.Publish.Start");
+    let mut player = Client::connect(addr(&server, 0), "live");
+    player.play(&key);
+    for shard in [0, 1] {
+        let mut second = Client::connect(addr(&server, shard), "live");
+        assert_eq!(second.publish(&key), "NetStream.Publish.BadName", "second on shard {shard}");
+        assert!(second.wait_closed(WAIT));
+    }
+    let sent = send_stream(&mut first, 0, 20);
+    assert_live(&player.media(21, WAIT), &sent);
+    assert_eq!(server.counters().publishes_rejected, 2);
+}
+
+/// A publisher on a shard that does not own its key resets its connection and publishes again
+/// at once on the owner: the owner finds the key still held (the release may not have crossed
+/// the mesh yet), asks the holder's shard, hears that the holder is gone and grants the key.
+#[test]
+fn a_publisher_reset_on_another_shard_gets_its_key_back_on_the_owner_at_once() {
+    let server = two_shards();
+    let key = key_owned_by(&server, 0, "back");
+    let mut player = Client::connect(addr(&server, 0), "live");
+    player.play(&key);
+    for round in 0..10 {
+        let mut first = Client::connect(addr(&server, 1), "live");
+        assert_eq!(first.publish(&key), "NetStream.Publish.Start", "round {round}");
+        send_stream(&mut first, 0, 10);
+        first.reset();
+        let mut second = Client::connect(addr(&server, 0), "live");
+        assert_eq!(second.publish(&key), "NetStream.Publish.Start", "round {round}");
+        let sent = send_stream(&mut second, 1000, 20);
+        let media = player.media(200, Duration::from_millis(500));
+        let tail: Vec<Media> = media
+            .into_iter()
+            .filter(|m| seq_of(m).is_some_and(|seq| seq >= 1000) && m.payload.len() > 6)
+            .collect();
+        assert_live(&tail, &sent);
+        second.close();
+    }
+    assert_eq!(server.counters().publishes_rejected, 0);
+}
+
 #[test]
 fn fifty_streams_five_players_each_across_shards_byte_identical_then_all_released() {
     let server = two_shards();

@@ -37,8 +37,8 @@ pub use socket::Socket;
 
 use crate::metrics::{ConnState, ShardCounters};
 use crate::stream::{
-    CloseReason, OutQueue, PublishRefused, PublishWaiter, PublisherInfo, Registry, SnapshotWaiter,
-    Stream, StreamKey, Subscriber,
+    CloseReason, OutQueue, PublishRefused, PublishStart, PublishWaiter, PublisherInfo, Registry,
+    SnapshotWaiter, Stream, StreamKey, Subscriber,
 };
 use crate::telemetry::LogLimiter;
 
@@ -49,8 +49,9 @@ const LARGE_READ: usize = 64 * 1024;
 /// How long a closing connection may take to flush its last replies (a refused publisher's
 /// BadName, a Play.Stop) before it is dropped anyway.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a publish waits for the owner shard's answer. Shards answer in microseconds; this
-/// only bounds a shard that is wedged.
+/// How long a publish waits for the owner shard's answer (which may itself wait for the shard of
+/// the key's current holder, at most the registry's `PROBE_TIMEOUT`). Shards answer in
+/// microseconds; this only bounds a shard that is wedged.
 const OWNER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a shard gives every connection it accepts.
@@ -322,7 +323,8 @@ struct Connection {
     publishing: Vec<(u32, Publishing)>,
     /// (message stream id, stream) this connection plays.
     playing: Vec<(u32, Rc<Stream>)>,
-    /// A publish waiting for the owner shard's answer; input processing pauses until it comes.
+    /// A publish waiting for the owner's answer (from another shard, or once the shard of the
+    /// key's current holder said whether it is still there); input processing pauses until then.
     pending_publish: Option<PendingPublish>,
     /// A play waiting for this shard's mirror to be fed; input processing pauses until then.
     pending_play: Option<PendingPlay>,
@@ -421,7 +423,7 @@ impl Connection {
             loop {
                 self.sync_state();
                 let answered = if let Some(pending) = self.pending_publish.take() {
-                    self.finish_remote_publish(pending).await
+                    self.finish_publish(pending).await
                 } else if let Some(pending) = self.pending_play.take() {
                     self.finish_mirror_play(pending).await
                 } else {
@@ -523,15 +525,22 @@ impl Connection {
                     self.command_refused(stream_id, "publish", reason);
                     return Ok(());
                 }
-                let publisher = PublisherInfo { conn_id: self.conn_id, peer: self.peer };
-                if !self.ctx.registry.owns(&key) {
-                    let waiter = self.ctx.registry.request_publish(key.clone(), publisher);
-                    self.pending_publish = Some(PendingPublish { stream_id, key, waiter });
-                    return Ok(());
+                let publisher = PublisherInfo {
+                    conn_id: self.conn_id,
+                    shard: self.ctx.shard_id,
+                    peer: self.peer,
+                };
+                // What the registry asks, should a later publish find this connection holding
+                // the key, before it refuses that one: is this socket still open?
+                let liveness = Rc::downgrade(&self.socket);
+                match self.ctx.registry.start_publish(key.clone(), publisher, liveness, now) {
+                    PublishStart::Decided(result) => {
+                        self.answer_publish(stream_id, key, result.map(Publishing::Local))?
+                    }
+                    PublishStart::Waiting(waiter) => {
+                        self.pending_publish = Some(PendingPublish { stream_id, key, waiter })
+                    }
                 }
-                let result = self.ctx.registry.publish(key.clone(), publisher, now);
-                let target = result.map(Publishing::Local);
-                self.answer_publish(stream_id, key, target)?;
             }
             ServerEvent::PlayRequested { stream_id, name } => {
                 if let Err(refused) = self.check_name_length(name.key.len()) {
@@ -561,7 +570,13 @@ impl Connection {
             }
             ServerEvent::Media(media) => {
                 match self.publishing.iter().find(|(id, _)| *id == media.stream_id) {
-                    Some((_, Publishing::Local(stream))) => {
+                    // Only while it is still this connection's: a publisher found gone (closed or
+                    // reset) is released for a new one, and what it sent before its end, still
+                    // being read here, must not reach the new publisher's stream. (The owner
+                    // filters a remote publisher's frames the same way.)
+                    Some((_, Publishing::Local(stream)))
+                        if stream.publisher().is_some_and(|p| p.conn_id == self.conn_id) =>
+                    {
                         stream.relay(media, now, self.ctx.registry.settings(), &self.ctx.counters)
                     }
                     Some((_, Publishing::Remote { owner, uid, skipping, .. })) => {
@@ -575,7 +590,8 @@ impl Connection {
                             skipping,
                         )
                     }
-                    None => {}
+                    // Not a stream it publishes, or one released from it.
+                    _ => {}
                 }
             }
             ServerEvent::StreamClosed { stream_id } => self.close_stream(stream_id, now),
@@ -683,8 +699,8 @@ impl Connection {
         Ok(())
     }
 
-    /// Waits for the owner shard's answer to a publish, then answers the client.
-    async fn finish_remote_publish(&mut self, pending: PendingPublish) -> Result<(), Ended> {
+    /// Waits for the owner's answer to a publish, then answers the client.
+    async fn finish_publish(&mut self, pending: PendingPublish) -> Result<(), Ended> {
         let answer = async { Some(pending.waiter.wait().await) }
             .or(async {
                 glommio::timer::sleep(OWNER_REPLY_TIMEOUT).await;
@@ -699,12 +715,23 @@ impl Connection {
         };
         let owner = self.ctx.registry.owner_of(&pending.key);
         let key = pending.key.clone();
-        let target = result.map(|uid| Publishing::Remote {
-            owner,
-            uid,
-            key: pending.key,
-            skipping: Cell::new(false),
-        });
+        let target = match result {
+            // Owned here: the answer waited for the holder's shard.
+            Ok(uid) if owner == self.ctx.shard_id => {
+                match self.ctx.registry.get(&key).filter(|s| s.uid() == uid) {
+                    Some(stream) => Ok(Publishing::Local(stream)),
+                    // Granted, then released before this task ran: only a connection found
+                    // gone is released, so this one is ending anyway.
+                    None => return Err(Ended::PeerClosed),
+                }
+            }
+            result => result.map(|uid| Publishing::Remote {
+                owner,
+                uid,
+                key: pending.key,
+                skipping: Cell::new(false),
+            }),
+        };
         self.answer_publish(pending.stream_id, key, target)?;
         self.flush_session(Instant::now());
         Ok(())
@@ -768,6 +795,7 @@ impl Connection {
         for (_, publishing) in std::mem::take(&mut self.publishing) {
             self.stop_publishing(publishing, "publisher disconnected", now);
         }
+        self.ctx.registry.forget_connection(self.conn_id);
         for (stream_id, stream) in std::mem::take(&mut self.playing) {
             debug!(stream = %stream.key, "player disconnected");
             self.ctx.registry.leave(&stream, self.conn_id, stream_id);

@@ -21,6 +21,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 use crate::stream::queue::{OutQueue, WriterState};
+use crate::stream::Liveness;
 
 /// Most queued messages gathered into one `sendmsg`. Linux allows 1024 iovecs; 64 frames is
 /// already several hundred kilobytes of video and keeps the gather cheap.
@@ -120,6 +121,27 @@ impl Socket {
     }
 }
 
+/// A publisher's connection is gone once its peer closed it (FIN) or reset it, or the socket
+/// failed or was shut down: asked before its key is refused to a new publisher.
+impl Liveness for Socket {
+    fn is_gone(&self) -> bool {
+        peer_gone(self.fd)
+    }
+}
+
+/// Whether the peer of `fd` can send nothing more: it closed its side (FIN), reset the
+/// connection, or the socket failed or was shut down here. One `poll(2)` with a zero timeout:
+/// it never waits and reads nothing. `POLLRDHUP` is raised by a FIN whatever is still queued
+/// before it, where a `recv(MSG_PEEK)` would see the queued bytes and not the end behind them.
+/// A failed `poll` says "not gone": a key is refused rather than taken from a live publisher.
+pub(crate) fn peer_gone(fd: RawFd) -> bool {
+    let mut pollfd = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one valid pollfd, and its count; a zero timeout returns at once.
+    let ready = unsafe { libc::poll(&mut pollfd, 1, 0) };
+    let gone = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
+    ready > 0 && pollfd.revents & gone != 0
+}
+
 /// One non-blocking vectored send.
 fn sendmsg(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
     if slices.is_empty() {
@@ -139,5 +161,69 @@ fn sendmsg(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
         Err(io::Error::last_os_error())
     } else {
         Ok(sent as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// (the server's end, the client's end) of a loopback connection.
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (server, client)
+    }
+
+    /// Whether `fd` reads as gone within a second (a loopback FIN or RST arrives at once, but
+    /// the check must not depend on it arriving before the call returns).
+    fn gone_soon(fd: RawFd) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            if peer_gone(fd) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    #[test]
+    fn a_live_peer_is_not_gone_even_with_data_unread() {
+        let (server, mut client) = pair();
+        assert!(!peer_gone(server.as_raw_fd()));
+        client.write_all(b"media the server has not read").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!peer_gone(server.as_raw_fd()), "unread data is not an end");
+        drop(client);
+    }
+
+    #[test]
+    fn a_peer_that_closed_is_gone_even_with_data_unread_before_its_fin() {
+        let (server, mut client) = pair();
+        client.write_all(b"last media before the FIN").unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(gone_soon(server.as_raw_fd()));
+    }
+
+    #[test]
+    fn a_peer_that_reset_is_gone() {
+        let (server, mut client) = pair();
+        client.write_all(b"unread").unwrap();
+        socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(client);
+        assert!(gone_soon(server.as_raw_fd()));
+    }
+
+    #[test]
+    fn a_socket_shut_down_here_is_gone() {
+        let (server, _client) = pair();
+        server.shutdown(std::net::Shutdown::Both).unwrap();
+        assert!(peer_gone(server.as_raw_fd()));
     }
 }

@@ -485,6 +485,7 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
                     glommio::timer::sleep(HOUSEKEEPING_INTERVAL).await;
                     let now = Instant::now();
                     ctx.registry.expire_waiting(now);
+                    ctx.registry.expire_probes(now);
                     if now.duration_since(last_tick) >= Duration::from_secs(1) {
                         ctx.registry.tick(now);
                         last_tick = now;

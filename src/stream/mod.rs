@@ -32,7 +32,7 @@ pub use crate::frame::{Frame, FrameClass, PLAY_STREAM_ID};
 pub use cache::{CacheLimits, LateJoinCache};
 pub use live::{CodecInfo, Stream};
 pub use queue::{CloseReason, OutQueue};
-pub use registry::Registry;
+pub use registry::{PublishStart, Registry};
 pub use shard::{owner_of, PeerOutbox, PublishWaiter, ShardMessage, SnapshotWaiter};
 pub use subscriber::Subscriber;
 
@@ -90,7 +90,18 @@ impl RelaySettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublisherInfo {
     pub conn_id: u64,
+    /// The shard whose connection this is: the one to ask whether it is still there.
+    pub shard: usize,
     pub peer: SocketAddr,
+}
+
+/// Whether a publisher's connection is still there, asked on the shard that holds the
+/// connection before a publish of its key is refused (see [`Registry::start_publish`]). conn
+/// implements it over its socket; this module knows nothing of sockets.
+pub trait Liveness: fmt::Debug {
+    /// True once the connection can publish nothing more: its peer closed it (FIN) or reset
+    /// it, or the socket failed or was shut down. A cheap check that never waits.
+    fn is_gone(&self) -> bool;
 }
 
 /// Why a publish was refused.

@@ -4,11 +4,16 @@
 //! shards' [`ShardMessage`]s. Every decision about a stream is taken on its owner shard: a
 //! publish on another shard is a request to the owner, a play on another shard subscribes that
 //! shard's mirror to the owner.
+//!
+//! A publish of a key that is held waits for one fact only the holder's shard knows: whether the
+//! holder's connection is still there. A publisher that reconnects at once races its own old
+//! connection's release, which the owner may not have seen yet; a holder found gone is released
+//! and the key granted, a live one keeps it (see [`Registry::start_publish`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
-use std::time::{Instant, SystemTime};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use rtmp_proto::session::Media;
 use tracing::{debug, info, warn, Instrument, Span};
@@ -16,10 +21,41 @@ use tracing::{debug, info, warn, Instrument, Span};
 use super::live::{notify_all, Stream};
 use super::shard::{owner_of, PeerOutbox, PublishWaiter, ShardMessage, SnapshotWaiter};
 use super::subscriber::Subscriber;
-use super::{CloseReason, PublishRefused, PublisherInfo, RelaySettings, StreamKey};
+use super::{CloseReason, Liveness, PublishRefused, PublisherInfo, RelaySettings, StreamKey};
 use crate::frame::Frame;
 use crate::metrics::{Counter, ShardCounters, ShardStats};
 use crate::record::{RecordCounters, RecordError, Recorder};
+
+/// How long a publish of a key held by a connection on another shard waits, on the owner, for
+/// that shard to say whether the holder is still there; past it the publish is refused (never
+/// two publishers on one key). Shards answer in microseconds: this only bounds a wedged one, and
+/// is shorter than a connection's wait for the owner (conn's `OWNER_REPLY_TIMEOUT`), so the
+/// publisher hears the refusal instead of being dropped.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a connection's publish request became.
+#[derive(Debug)]
+pub enum PublishStart {
+    /// This shard owns the key and decided at once: the stream, or why not.
+    Decided(Result<Rc<Stream>, PublishRefused>),
+    /// The answer (the stream's uid, or why not) comes later: from the owner shard, or once the
+    /// shard of the key's current holder has said whether that holder is still there. A
+    /// connection that gives up calls [`Registry::forget_publish_request`].
+    Waiting(Rc<PublishWaiter>),
+}
+
+/// A publish waiting on the owner for the answer to a [`ShardMessage::ProbePublisher`].
+#[derive(Debug)]
+struct ParkedPublish {
+    key: StreamKey,
+    publisher: PublisherInfo,
+    /// Who held the key when the publish came, on another shard.
+    holder: PublisherInfo,
+    /// The shard of the connection that asked, where the answer goes.
+    requester: usize,
+    /// Refused past this if the holder's shard has not answered.
+    deadline: Instant,
+}
 
 /// The streams of one shard.
 #[derive(Debug)]
@@ -39,6 +75,13 @@ pub struct Registry {
     /// Mesh messages received, per sending shard.
     received: Vec<Counter>,
     publish_waiters: RefCell<HashMap<u64, Rc<PublishWaiter>>>,
+    /// This shard's connections that publish or asked to, by id: what an owner's probe asks
+    /// about. Weak: the registry never keeps a socket open.
+    liveness: RefCell<HashMap<u64, Weak<dyn Liveness>>>,
+    /// Publishes of keys this shard owns whose holder is on another shard, waiting for that
+    /// shard to say whether the holder is still there; by probe token.
+    parked: RefCell<HashMap<u64, ParkedPublish>>,
+    next_probe: Cell<u64>,
     next_uid: Cell<u64>,
     next_token: Cell<u64>,
     settings: RelaySettings,
@@ -73,6 +116,9 @@ impl Registry {
             received: (0..shard_count).map(|_| Counter::default()).collect(),
             outboxes,
             publish_waiters: RefCell::new(HashMap::new()),
+            liveness: RefCell::new(HashMap::new()),
+            parked: RefCell::new(HashMap::new()),
+            next_probe: Cell::new(0),
             // Uids carry the shard id in the top bits: unique across shards.
             next_uid: Cell::new((shard_id as u64) << 48),
             next_token: Cell::new(0),
@@ -168,7 +214,164 @@ impl Registry {
         Ok(stream)
     }
 
-    /// Makes `publisher` the publisher of `key`, which this shard must own.
+    /// A connection of this shard asks to publish `key`. Decided at once when this shard owns
+    /// `key` and nothing needs asking; otherwise the answer comes through the returned waiter.
+    ///
+    /// A key held by another connection is not refused on sight: the holder may be a
+    /// publisher that just dropped its connection and reconnected, whose end the shard holding
+    /// that connection has not read yet (or, from another shard, not yet told the owner). So
+    /// the holder's shard checks the holder's socket first ([`Liveness`]): a holder that is
+    /// gone is released there and then and the key goes to the new publisher; a live holder
+    /// keeps it and the new publisher is refused, as before. A holder on this shard is checked
+    /// on the spot; one on another shard costs one mesh round trip, bounded by
+    /// [`PROBE_TIMEOUT`].
+    ///
+    /// `liveness` answers for this connection when a later publish of a key it holds asks;
+    /// it is kept until [`Self::forget_connection`].
+    pub fn start_publish(
+        &self,
+        key: StreamKey,
+        publisher: PublisherInfo,
+        liveness: Weak<dyn Liveness>,
+        now: Instant,
+    ) -> PublishStart {
+        let conn_id = publisher.conn_id;
+        self.liveness.borrow_mut().insert(conn_id, liveness);
+        if !self.owns(&key) {
+            return PublishStart::Waiting(self.request_publish(key, publisher));
+        }
+        match self.decide_publish(key, publisher, self.shard_id, now) {
+            Some(result) => PublishStart::Decided(result),
+            None => PublishStart::Waiting(self.publish_waiter(conn_id)),
+        }
+    }
+
+    /// A connection of this shard ended: it answers no more probes (any later one finds it
+    /// gone).
+    pub fn forget_connection(&self, conn_id: u64) {
+        self.liveness.borrow_mut().remove(&conn_id);
+    }
+
+    /// Whether this shard's connection `conn_id` is gone: closed, reset, failed, or not known
+    /// here any more (it ended, and its own release is done or on its way to the owner, ahead
+    /// of any answer about it).
+    fn connection_gone(&self, conn_id: u64) -> bool {
+        let liveness = self.liveness.borrow().get(&conn_id).and_then(Weak::upgrade);
+        liveness.is_none_or(|l| l.is_gone())
+    }
+
+    /// On the owner: decides a publish of `key` asked from shard `requester` (see
+    /// [`Self::start_publish`]). `None` while the holder's shard is asked; the answer then goes
+    /// to the requester when that shard replies ([`ShardMessage::PublisherProbed`]).
+    fn decide_publish(
+        &self,
+        key: StreamKey,
+        publisher: PublisherInfo,
+        requester: usize,
+        now: Instant,
+    ) -> Option<Result<Rc<Stream>, PublishRefused>> {
+        let held = self.get(&key).and_then(|s| s.publisher().map(|holder| (s, holder)));
+        if let Some((stream, holder)) = held.filter(|(_, h)| h.conn_id != publisher.conn_id) {
+            if holder.shard != self.shard_id && holder.shard < self.outboxes.len() {
+                self.probe(key, publisher, holder, requester, now);
+                return None;
+            }
+            if self.connection_gone(holder.conn_id) {
+                self.release_gone(&stream, &holder, now);
+            }
+        }
+        Some(self.publish(key, publisher, now))
+    }
+
+    /// Parks a publish of `key` and asks the shard of its holder whether the holder is still
+    /// there.
+    fn probe(
+        &self,
+        key: StreamKey,
+        publisher: PublisherInfo,
+        holder: PublisherInfo,
+        requester: usize,
+        now: Instant,
+    ) {
+        let token = self.next_probe.get() + 1;
+        self.next_probe.set(token);
+        debug!(stream = %key, holder_shard = holder.shard,
+            "key held by a connection on another shard: asking whether it is still there");
+        self.outbox(holder.shard)
+            .push(ShardMessage::ProbePublisher { token, conn_id: holder.conn_id });
+        let deadline = now + PROBE_TIMEOUT;
+        let parked = ParkedPublish { key, publisher, holder, requester, deadline };
+        self.parked.borrow_mut().insert(token, parked);
+    }
+
+    /// Releases `stream` from `holder`, whose connection is gone (its own release of the key
+    /// may still be on its way; it will find the key no longer its own and do nothing).
+    fn release_gone(&self, stream: &Rc<Stream>, holder: &PublisherInfo, now: Instant) {
+        info!(stream = %stream.key, holder = %holder.peer,
+            "the holder's connection is gone: releasing the key for a new publish");
+        self.unpublish(stream, holder.conn_id, now);
+    }
+
+    /// The owner's decision on a publish goes to the shard of the connection that asked.
+    fn answer_publish(
+        &self,
+        requester: usize,
+        conn_id: u64,
+        result: Result<Rc<Stream>, PublishRefused>,
+        now: Instant,
+    ) {
+        let result = result.map(|stream| stream.uid());
+        if requester == self.shard_id {
+            self.publish_answered(self.shard_id, conn_id, result, now);
+        } else {
+            self.outbox(requester).push(ShardMessage::PublishReply { conn_id, result });
+        }
+    }
+
+    /// The decision of `owner` on a publish of this shard's connection `conn_id`.
+    fn publish_answered(
+        &self,
+        owner: usize,
+        conn_id: u64,
+        result: Result<u64, PublishRefused>,
+        now: Instant,
+    ) {
+        let waiter = self.publish_waiters.borrow_mut().remove(&conn_id);
+        match (waiter, result) {
+            (Some(waiter), result) => waiter.complete(result),
+            // The connection gave up (closed, or timed out waiting) before the owner
+            // accepted: release the stream so it does not stay published by nobody.
+            (None, Ok(uid)) if owner == self.shard_id => {
+                let stream = self.by_uid.borrow().get(&uid).cloned();
+                if let Some(stream) = stream {
+                    self.unpublish(&stream, conn_id, now);
+                }
+            }
+            (None, Ok(uid)) => self.outbox(owner).push(ShardMessage::Unpublish { uid, conn_id }),
+            (None, Err(_)) => {}
+        }
+    }
+
+    /// Refuses the parked publishes whose holder's shard did not answer in time: with no
+    /// answer, the holder may be live, and a key never has two publishers. Called
+    /// periodically by the shard.
+    pub fn expire_probes(&self, now: Instant) {
+        let expired: Vec<ParkedPublish> = {
+            let mut parked = self.parked.borrow_mut();
+            let tokens: Vec<u64> =
+                parked.iter().filter(|(_, p)| p.deadline <= now).map(|(t, _)| *t).collect();
+            tokens.iter().filter_map(|t| parked.remove(t)).collect()
+        };
+        for parked in expired {
+            warn!(stream = %parked.key, holder_shard = parked.holder.shard,
+                "no answer in time on whether the key's holder is still there: publish refused");
+            let refused = PublishRefused::AlreadyPublishing { by: parked.holder.peer };
+            self.answer_publish(parked.requester, parked.publisher.conn_id, Err(refused), now);
+        }
+    }
+
+    /// Makes `publisher` the publisher of `key`, which this shard must own, unless someone
+    /// holds it (whether or not that one is still there: see [`Self::start_publish`]).
     pub fn publish(
         &self,
         key: StreamKey,
@@ -243,11 +446,17 @@ impl Registry {
 
     /// Asks the owner of `key` (another shard) to accept `publisher`; the answer arrives
     /// through the returned waiter.
-    pub fn request_publish(&self, key: StreamKey, publisher: PublisherInfo) -> Rc<PublishWaiter> {
-        let waiter = Rc::new(PublishWaiter::default());
-        self.publish_waiters.borrow_mut().insert(publisher.conn_id, waiter.clone());
+    fn request_publish(&self, key: StreamKey, publisher: PublisherInfo) -> Rc<PublishWaiter> {
+        let waiter = self.publish_waiter(publisher.conn_id);
         let owner = self.owner_of(&key);
         self.outbox(owner).push(ShardMessage::PublishRequest { key, publisher });
+        waiter
+    }
+
+    /// Where the answer to connection `conn_id`'s publish will be delivered.
+    fn publish_waiter(&self, conn_id: u64) -> Rc<PublishWaiter> {
+        let waiter = Rc::new(PublishWaiter::default());
+        self.publish_waiters.borrow_mut().insert(conn_id, waiter.clone());
         waiter
     }
 
@@ -465,23 +674,37 @@ impl Registry {
         match message {
             ShardMessage::PublishRequest { key, publisher } => {
                 let conn_id = publisher.conn_id;
-                let result = self.publish(key.clone(), publisher, now).map(|stream| stream.uid());
-                if result.is_ok() {
-                    debug!(stream = %key, from, "publish from another shard accepted");
+                if let Some(result) = self.decide_publish(key.clone(), publisher, from, now) {
+                    if result.is_ok() {
+                        debug!(stream = %key, from, "publish from another shard accepted");
+                    }
+                    self.answer_publish(from, conn_id, result, now);
                 }
-                self.outbox(from).push(ShardMessage::PublishReply { conn_id, result });
             }
             ShardMessage::PublishReply { conn_id, result } => {
-                let waiter = self.publish_waiters.borrow_mut().remove(&conn_id);
-                match (waiter, result) {
-                    (Some(waiter), result) => waiter.complete(result),
-                    // The connection gave up (closed, or timed out waiting) before the owner
-                    // accepted: release the stream so it does not stay published by nobody.
-                    (None, Ok(uid)) => {
-                        self.outbox(from).push(ShardMessage::Unpublish { uid, conn_id })
+                self.publish_answered(from, conn_id, result, now)
+            }
+            ShardMessage::ProbePublisher { token, conn_id } => {
+                let gone = self.connection_gone(conn_id);
+                self.outbox(from).push(ShardMessage::PublisherProbed { token, gone });
+            }
+            ShardMessage::PublisherProbed { token, gone } => {
+                // None: the publish was refused already, the answer having come too late.
+                let Some(parked) = self.parked.borrow_mut().remove(&token) else { return };
+                let holder = parked.holder;
+                if gone {
+                    let still_held = self
+                        .get(&parked.key)
+                        .filter(|s| s.publisher().is_some_and(|p| p.conn_id == holder.conn_id));
+                    if let Some(stream) = still_held {
+                        self.release_gone(&stream, &holder, now);
                     }
-                    (None, Err(_)) => {}
                 }
+                // Granted if the key is free now (released here, or by its holder meanwhile);
+                // refused if its holder is live, or another publisher took it meanwhile.
+                let conn_id = parked.publisher.conn_id;
+                let result = self.publish(parked.key, parked.publisher, now);
+                self.answer_publish(parked.requester, conn_id, result, now);
             }
             ShardMessage::PublisherFrame { uid, conn_id, frame } => {
                 let stream = self.by_uid.borrow().get(&uid).cloned();
@@ -628,7 +851,182 @@ mod tests {
     }
 
     fn publisher(conn_id: u64) -> PublisherInfo {
-        PublisherInfo { conn_id, peer: SocketAddr::from(([127, 0, 0, 1], 1000)) }
+        on_shard(conn_id, 0)
+    }
+
+    fn on_shard(conn_id: u64, shard: usize) -> PublisherInfo {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1000 + conn_id as u16));
+        PublisherInfo { conn_id, shard, peer }
+    }
+
+    /// A connection as the registry sees it: there, or gone.
+    #[derive(Debug, Default)]
+    struct Conn {
+        gone: Cell<bool>,
+    }
+
+    impl Liveness for Conn {
+        fn is_gone(&self) -> bool {
+            self.gone.get()
+        }
+    }
+
+    impl Pair {
+        /// Connection `conn_id` of `shard` asks to publish `key`; its stand-in socket comes back
+        /// with what the registry answered.
+        fn start(&self, shard: usize, conn_id: u64, key: &StreamKey) -> (Rc<Conn>, PublishStart) {
+            let conn = Rc::new(Conn::default());
+            let liveness = Rc::downgrade(&conn);
+            let start = self.shards[shard].start_publish(
+                key.clone(),
+                on_shard(conn_id, shard),
+                liveness,
+                self.now,
+            );
+            (conn, start)
+        }
+
+        /// The publisher of `key` on its owner.
+        fn publisher_of(&self, key: &StreamKey) -> Option<u64> {
+            let owner = self.shards[0].owner_of(key);
+            self.shards[owner].get(key).and_then(|s| s.publisher()).map(|p| p.conn_id)
+        }
+    }
+
+    /// The answer a waiting publish got, if it came.
+    fn answer(start: &PublishStart) -> Option<Result<u64, PublishRefused>> {
+        match start {
+            PublishStart::Decided(result) => Some(result.as_ref().map(|s| s.uid()).map_err(|e| *e)),
+            PublishStart::Waiting(waiter) => {
+                futures_lite::future::block_on(futures_lite::future::poll_once(waiter.wait()))
+            }
+        }
+    }
+
+    fn refused(result: Option<Result<u64, PublishRefused>>) -> bool {
+        matches!(result, Some(Err(PublishRefused::AlreadyPublishing { .. })))
+    }
+
+    #[test]
+    fn a_key_held_by_a_live_connection_on_the_owner_is_refused_at_once() {
+        let pair = Pair::new();
+        let key = pair.key_owned_by(0);
+        let (_first, start) = pair.start(0, 1, &key);
+        assert!(matches!(answer(&start), Some(Ok(_))));
+        let (_second, start) = pair.start(0, 2, &key);
+        assert!(matches!(start, PublishStart::Decided(_)), "decided without asking anyone");
+        assert!(refused(answer(&start)));
+        assert_eq!(pair.pump(), 0);
+        assert_eq!(pair.publisher_of(&key), Some(1), "the first is untouched");
+    }
+
+    #[test]
+    fn a_key_held_by_a_gone_connection_on_the_owner_goes_to_the_new_publisher_at_once() {
+        let pair = Pair::new();
+        let key = pair.key_owned_by(0);
+        let (first, _) = pair.start(0, 1, &key);
+        first.gone.set(true);
+        let (_second, start) = pair.start(0, 2, &key);
+        assert!(matches!(start, PublishStart::Decided(Ok(_))));
+        assert_eq!(pair.publisher_of(&key), Some(2));
+        assert_eq!(pair.shards[0].counters().publishers.get(), 1);
+        assert_eq!(pair.shards[0].counters().publishes.get(), 2);
+        // The first connection's own release comes later and changes nothing.
+        let stream = pair.shards[0].get(&key).unwrap();
+        pair.shards[0].unpublish(&stream, 1, pair.now);
+        assert_eq!(pair.publisher_of(&key), Some(2));
+        assert_eq!(pair.shards[0].counters().publishers.get(), 1);
+    }
+
+    #[test]
+    fn a_connection_that_ended_counts_as_gone() {
+        let pair = Pair::new();
+        let key = pair.key_owned_by(0);
+        let (first, _) = pair.start(0, 1, &key);
+        // Its socket dropped without a word (the registry holds it weakly).
+        drop(first);
+        let (_second, start) = pair.start(0, 2, &key);
+        assert!(matches!(answer(&start), Some(Ok(_))));
+        let (_third, start) = pair.start(0, 3, &key);
+        pair.shards[0].forget_connection(2);
+        assert!(refused(answer(&start)), "refused while the second is open");
+        let (_fourth, start) = pair.start(0, 4, &key);
+        assert!(matches!(answer(&start), Some(Ok(_))), "the second ended: forgotten");
+    }
+
+    #[test]
+    fn a_holder_on_another_shard_is_asked_and_released_when_gone() {
+        // The new publisher on the owner, then on the holder's own shard.
+        for new_on in [0, 1] {
+            let pair = Pair::new();
+            let key = pair.key_owned_by(0);
+            let (first, start) = pair.start(1, 1, &key);
+            pair.pump();
+            assert!(matches!(answer(&start), Some(Ok(_))));
+            first.gone.set(true);
+            let (_second, start) = pair.start(new_on, 2, &key);
+            assert!(answer(&start).is_none(), "waits for the holder's shard");
+            pair.pump();
+            assert!(matches!(answer(&start), Some(Ok(_))), "new publisher on shard {new_on}");
+            assert_eq!(pair.publisher_of(&key), Some(2));
+            // The first connection's release arrives afterwards: stale, ignored.
+            let uid = pair.shards[0].get(&key).unwrap().uid();
+            pair.shards[1].unpublish_remote(0, uid, 1);
+            pair.pump();
+            assert_eq!(pair.publisher_of(&key), Some(2));
+            assert_eq!(pair.shards[0].counters().publishers.get(), 1);
+        }
+    }
+
+    #[test]
+    fn a_live_holder_on_another_shard_keeps_its_key() {
+        for new_on in [0, 1] {
+            let pair = Pair::new();
+            let key = pair.key_owned_by(0);
+            let (_first, start) = pair.start(1, 1, &key);
+            pair.pump();
+            assert!(matches!(answer(&start), Some(Ok(_))));
+            let (_second, start) = pair.start(new_on, 2, &key);
+            // The probe and its answer; from shard 1, the request and the reply too.
+            assert_eq!(pair.pump(), 2 + 2 * new_on);
+            assert!(refused(answer(&start)), "new publisher on shard {new_on}");
+            assert_eq!(pair.publisher_of(&key), Some(1));
+            assert!(pair.shards[0].parked.borrow().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_holders_shard_that_does_not_answer_in_time_means_a_refusal() {
+        let pair = Pair::new();
+        let key = pair.key_owned_by(0);
+        let (first, _) = pair.start(1, 1, &key);
+        pair.pump();
+        let (_second, start) = pair.start(0, 2, &key);
+        pair.shards[0].expire_probes(pair.now + PROBE_TIMEOUT / 2);
+        assert!(answer(&start).is_none(), "still waiting within the bound");
+        pair.shards[0].expire_probes(pair.now + PROBE_TIMEOUT);
+        assert!(refused(answer(&start)));
+        // The answer comes at last (the holder gone by then): too late, nothing changes.
+        first.gone.set(true);
+        pair.pump();
+        assert_eq!(pair.publisher_of(&key), Some(1));
+        assert!(pair.shards[0].parked.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_publish_granted_after_its_connection_gave_up_waiting_is_released() {
+        for new_on in [0, 1] {
+            let pair = Pair::new();
+            let key = pair.key_owned_by(0);
+            let (first, _) = pair.start(1, 1, &key);
+            pair.pump();
+            first.gone.set(true);
+            let (_second, _start) = pair.start(new_on, 2, &key);
+            pair.shards[new_on].forget_publish_request(2);
+            pair.pump();
+            assert_eq!(pair.publisher_of(&key), None, "new publisher on shard {new_on}");
+            assert_eq!(pair.shards[0].counters().publishers.get(), 0);
+        }
     }
 
     fn player(conn_id: u64, now: Instant) -> Rc<Subscriber> {

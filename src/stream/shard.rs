@@ -41,6 +41,12 @@ pub enum ShardMessage {
     PublisherFrame { uid: u64, conn_id: u64, frame: Frame },
     /// To the owner: that publisher stopped.
     Unpublish { uid: u64, conn_id: u64 },
+    /// To the shard of a publisher's connection, from the owner of its stream, where a publish
+    /// of the same key waits for the answer: is that connection still there?
+    ProbePublisher { token: u64, conn_id: u64 },
+    /// To the owner: the answer to a probe. `gone` when the connection closed, failed or has
+    /// already ended.
+    PublisherProbed { token: u64, gone: bool },
     /// To the owner: the sending shard has players for `key` and wants its frames.
     Subscribe { key: StreamKey, token: u64 },
     /// To the owner: the sending shard's last player of `key` left; `delivered` is what its

@@ -345,6 +345,25 @@ impl Client {
     pub fn close(self) {
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
+
+    /// Ends the connection with an RST, as a crashed or cut-off client does: SO_LINGER with a
+    /// zero timeout, then close.
+    pub fn reset(self) {
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: `linger` lives across the call and its size is passed; the fd is this
+        // client's open socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&self.socket),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+        // Dropping `self` closes the socket: the RST goes out.
+    }
 }
 
 /// Waits until `condition` holds, polling; panics after [`WAIT`] with `what`.
