@@ -1734,7 +1734,7 @@ mod tests {
     // libmp3lame 48k stereo; libspeex 16k; nellymoser 8k; pcm_s16le 22.05k stereo.
     macro_rules! data {
         ($name:literal) => {
-            include_bytes!(concat!("../tests/data/media_", $name, ".bin")).as_slice()
+            include_bytes!(concat!("../../tests/data/media_", $name, ".bin")).as_slice()
         };
     }
 
