@@ -1,9 +1,10 @@
 //! The tag headers: which codec a message carries and what kind of packet it is, for both the
 //! legacy FLV layout and Enhanced RTMP (ModEx, Multitrack, FourCC), as drawn in the module doc.
 //!
-//! This is the only part of the module on the per-frame path: [`inspect_video`] and
+//! This is the part of the module on the per-frame path: [`inspect_video`] and
 //! [`inspect_audio`] run on every published message, so they read a few header bytes and never
-//! allocate. The configuration parsers in `video.rs` and `audio.rs` start from the
+//! allocate (the relay also reads VP8/VP9 keyframes for their size, which costs about as
+//! little). The configuration parsers in `video.rs` and `audio.rs` start from the
 //! [`VideoHeader`] / [`AudioHeader`] found here, so a header is decoded one way only.
 
 use super::reader::ByteCursor;
