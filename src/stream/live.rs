@@ -37,6 +37,9 @@ pub struct CodecInfo {
     /// Whether an unreadable sequence header was logged for the current publisher: once is
     /// enough, a hostile publisher must not flood the log.
     warned: bool,
+    /// Whether the video size came from keyframes (VP8/VP9, whose sequence header has none):
+    /// then each keyframe may change it, and a repeated sequence header does not erase it.
+    size_from_keyframe: bool,
 }
 
 /// A shard that mirrors this (owned) stream.
@@ -282,7 +285,8 @@ impl Stream {
     }
 
     /// Reads codec configuration from sequence headers (and, for codecs without one, from the
-    /// first audio frame). The stream's codecs are logged in one line when its first coded
+    /// first audio frame; for a video size the sequence header lacks, VP8/VP9, from
+    /// keyframes). The stream's codecs are logged in one line when its first coded
     /// frame arrives, by which time an encoder has sent every header it is going to send; a
     /// configuration that changes mid-stream is logged again. Mirrors stay quiet: the owner
     /// logs.
@@ -290,7 +294,16 @@ impl Stream {
         let changed = match (frame.kind, frame.class) {
             (MediaKind::Video, FrameClass::SequenceHeader) => {
                 match media::parse_video_config(&frame.payload) {
-                    Ok(config) => replace_if_changed(&mut codecs.video, config),
+                    Ok(mut config) => {
+                        let old = codecs.video.as_ref().filter(|old| old.codec == config.codec);
+                        match old {
+                            Some(old) if config.width.is_none() && codecs.size_from_keyframe => {
+                                (config.width, config.height) = (old.width, old.height);
+                            }
+                            _ => codecs.size_from_keyframe = false,
+                        }
+                        replace_if_changed(&mut codecs.video, config)
+                    }
                     Err(e) => {
                         if !std::mem::replace(&mut codecs.warned, true) {
                             warn!(stream = %self.key, error = %e, "unreadable video sequence header");
@@ -310,6 +323,23 @@ impl Stream {
                     }
                 }
             }
+            // A size the sequence header did not give. Each keyframe is read (a few header
+            // bytes), since VP8/VP9 may change resolution at any keyframe.
+            (MediaKind::Video, FrameClass::Keyframe) => match codecs.video.as_mut() {
+                Some(video) if video.width.is_none() || codecs.size_from_keyframe => {
+                    match media::parse_keyframe_dimensions(&frame.payload) {
+                        Some((width, height)) => {
+                            codecs.size_from_keyframe = true;
+                            let size = (Some(width), Some(height));
+                            let changed = (video.width, video.height) != size;
+                            (video.width, video.height) = size;
+                            changed
+                        }
+                        None => false,
+                    }
+                }
+                _ => false,
+            },
             // MP3, PCM, Speex... have no sequence header: their flags byte says it all.
             (MediaKind::Audio, FrameClass::Audio) if codecs.audio.is_none() => {
                 match media::parse_audio_config(&frame.payload) {
@@ -643,5 +673,58 @@ pub(super) fn notify_all(
             notification(settings, subscriber.stream_id, key, write)
         };
         subscriber.queue.push_bytes(bytes, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// libvpx-vp9 640x360 in Enhanced RTMP: `vpcC` (which has no size) and the first keyframe.
+    const VP9_SEQ: &[u8] = include_bytes!("../../proto/tests/data/media_vp9_360p_ex_seq.bin");
+    const VP9_KEY: &[u8] = include_bytes!("../../proto/tests/data/media_vp9_360p_ex_key.bin");
+    const VP9_INTER: &[u8] = include_bytes!("../../proto/tests/data/media_vp9_360p_ex_inter.bin");
+
+    /// An Enhanced RTMP VP9 keyframe (`CodedFrames`) whose uncompressed header says `w`x`h`:
+    /// profile 0, shown, the sync code, BT.601 limited range, then the size minus one.
+    fn vp9_keyframe(w: u32, h: u32) -> Vec<u8> {
+        let mut payload = b"\x91vp09\x82\x49\x83\x42".to_vec();
+        let bits = (0b0010u64 << 32) | (u64::from(w - 1) << 16) | u64::from(h - 1);
+        payload.extend_from_slice(&(bits << 4).to_be_bytes()[3..]);
+        payload
+    }
+
+    fn video_size(payloads: &[&[u8]]) -> Option<(Option<u32>, Option<u32>)> {
+        let now = Instant::now();
+        let settings = RelaySettings::from_config(&Config::default());
+        let counters = ShardCounters::default();
+        let stream = Stream::new(StreamKey::new("live", "vp9"), 1, false, settings.cache, now);
+        for (i, payload) in payloads.iter().enumerate() {
+            let media = Media {
+                stream_id: 1,
+                kind: MediaKind::Video,
+                timestamp: RtmpTimestamp(40 * i as u32),
+                payload: Bytes::copy_from_slice(payload),
+                is_metadata: false,
+            };
+            stream.relay(media, now, &settings, &counters);
+        }
+        stream.stats(0, now).video.map(|v| (v.width, v.height))
+    }
+
+    #[test]
+    fn a_vp9_stream_takes_its_size_from_the_keyframe() {
+        assert_eq!(video_size(&[VP9_SEQ]), Some((None, None)), "vpcC carries no size");
+        assert_eq!(video_size(&[VP9_SEQ, VP9_KEY]), Some((Some(640), Some(360))));
+        // Inter frames leave it alone, and an encoder repeating its sequence header (which
+        // still has no size) does not erase it.
+        let repeated = video_size(&[VP9_SEQ, VP9_KEY, VP9_INTER, VP9_SEQ, VP9_INTER]);
+        assert_eq!(repeated, Some((Some(640), Some(360))));
+        // VP9 may change resolution at a keyframe.
+        let resized = video_size(&[VP9_SEQ, VP9_KEY, &vp9_keyframe(1280, 720)]);
+        assert_eq!(resized, Some((Some(1280), Some(720))));
+        // A keyframe before any sequence header names no codec to attach a size to.
+        assert_eq!(video_size(&[VP9_KEY]), None);
     }
 }
