@@ -697,7 +697,7 @@ mod tests {
 
     fn video_size(payloads: &[&[u8]]) -> Option<(Option<u32>, Option<u32>)> {
         let now = Instant::now();
-        let settings = RelaySettings::from_config(&Config::default());
+        let settings = Config::default().relay_settings();
         let counters = ShardCounters::default();
         let stream = Stream::new(StreamKey::new("live", "vp9"), 1, false, settings.cache, now);
         for (i, payload) in payloads.iter().enumerate() {
