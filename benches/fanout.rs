@@ -149,16 +149,19 @@ impl Fanout {
             .expect("a fresh key");
         let (settings, counters) = (registry.settings(), registry.counters());
         let zero = RtmpTimestamp(0);
-        stream.relay(
-            media(MediaKind::Data, zero, metadata_payload(), true),
-            now,
-            settings,
-            counters,
-        );
+        let relay = |media: Media| {
+            stream.relay_frame(
+                Rc::new(Frame::of(media, &settings.encoder)),
+                now,
+                settings,
+                counters,
+            )
+        };
+        relay(media(MediaKind::Data, zero, metadata_payload(), true));
         let audio_seq = Bytes::from_static(AUDIO_SEQ);
-        stream.relay(media(MediaKind::Audio, zero, audio_seq, false), now, settings, counters);
+        relay(media(MediaKind::Audio, zero, audio_seq, false));
         let video_seq = Bytes::from_static(VIDEO_SEQ);
-        stream.relay(media(MediaKind::Video, zero, video_seq, false), now, settings, counters);
+        relay(media(MediaKind::Video, zero, video_seq, false));
         let queues: Vec<Rc<OutQueue>> = (1..=subscribers)
             .map(|conn_id| {
                 let queue = Rc::new(OutQueue::new(now));
@@ -184,7 +187,9 @@ impl Fanout {
     fn relay_one(&mut self) {
         self.now = Instant::now();
         let media = self.source.next();
-        self.stream.relay(media, self.now, self.registry.settings(), self.registry.counters());
+        let settings = self.registry.settings();
+        let frame = Rc::new(Frame::of(media, &settings.encoder));
+        self.stream.relay_frame(frame, self.now, settings, self.registry.counters());
     }
 
     /// What each player's writer does when its socket takes everything.
@@ -424,7 +429,8 @@ fn cache(suite: &mut Suite<'_>) -> TableFn {
     for frame in headers.iter().chain(gop.iter()) {
         let is_metadata = frame.kind == MediaKind::Data;
         let media = media(frame.kind, frame.timestamp, frame.payload.clone(), is_metadata);
-        stream.relay(media, now, registry.settings(), registry.counters());
+        let frame = Rc::new(Frame::of(media, &registry.settings().encoder));
+        stream.relay_frame(frame, now, registry.settings(), registry.counters());
     }
     let name = "Registry::play + leave (late joiner gets headers + GOP)".to_owned();
     let replayed: usize = replay.iter().map(|f| f.chunks.len()).sum();

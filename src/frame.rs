@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use rtmp_proto::chunk::{ChunkEncoder, MessageHeader};
 use rtmp_proto::media;
-use rtmp_proto::session::MediaKind;
+use rtmp_proto::session::{Media, MediaKind};
 use rtmp_proto::time::RtmpTimestamp;
 
 /// The message stream id the relay plays on: the first `createStream` of a connection gets 1,
@@ -66,6 +66,11 @@ impl Frame {
         let timestamp = if class == FrameClass::Metadata { RtmpTimestamp::ZERO } else { timestamp };
         let chunks = encode(kind, timestamp, &payload, PLAY_STREAM_ID, encoder);
         Frame { kind, class, timestamp, payload, chunks, arrived: Instant::now() }
+    }
+
+    /// A message as a session delivered it.
+    pub fn of(media: Media, encoder: &ChunkEncoder) -> Self {
+        Frame::new(media.kind, media.timestamp, media.payload, media.is_metadata, encoder)
     }
 
     /// The same message re-stamped (late joiners get cached headers on the GOP's time base).

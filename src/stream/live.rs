@@ -13,7 +13,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use rtmp_proto::chunk::ChunkEncoder;
 use rtmp_proto::media::{self, AudioConfig, VideoConfig};
-use rtmp_proto::session::{notify, Media, MediaKind};
+use rtmp_proto::session::{notify, MediaKind};
 use rtmp_proto::time::RtmpTimestamp;
 use tracing::{info, warn};
 
@@ -220,27 +220,6 @@ impl Stream {
         {
             s.set_paused(paused);
         }
-    }
-
-    /// Relays one message published on this shard: classify and encode once, then
-    /// [`Self::relay_frame`].
-    pub fn relay(
-        &self,
-        media: Media,
-        now: Instant,
-        settings: &RelaySettings,
-        counters: &ShardCounters,
-    ) {
-        counters.messages_in.inc();
-        counters.bytes_in.add(media.payload.len() as u64);
-        let frame = Frame::new(
-            media.kind,
-            media.timestamp,
-            media.payload,
-            media.is_metadata,
-            &settings.encoder,
-        );
-        self.relay_frame(Rc::new(frame), now, settings, counters);
     }
 
     /// Relays one ready frame (from a local publisher, a publisher on another shard, or the
@@ -678,6 +657,9 @@ pub(super) fn notify_all(
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use rtmp_proto::session::Media;
+
     use super::*;
     use crate::config::Config;
 
@@ -708,7 +690,12 @@ mod tests {
                 payload: Bytes::copy_from_slice(payload),
                 is_metadata: false,
             };
-            stream.relay(media, now, &settings, &counters);
+            stream.relay_frame(
+                Rc::new(Frame::of(media, &settings.encoder)),
+                now,
+                &settings,
+                &counters,
+            );
         }
         stream.stats(0, now).video.map(|v| (v.width, v.height))
     }

@@ -14,6 +14,7 @@
 
 mod cache;
 mod live;
+mod publication;
 pub mod queue;
 mod registry;
 pub mod shard;
@@ -31,6 +32,7 @@ use crate::record::RecordConfig;
 pub use crate::frame::{Frame, FrameClass, PLAY_STREAM_ID};
 pub use cache::{CacheLimits, LateJoinCache};
 pub use live::{CodecInfo, Stream};
+pub use publication::Publication;
 pub use queue::{CloseReason, OutQueue};
 pub use registry::{PublishStart, Registry};
 pub use shard::{owner_of, PeerOutbox, PublishWaiter, ShardMessage, SnapshotWaiter};

@@ -9,53 +9,30 @@
 //! holder's connection is still there. A publisher that reconnects at once races its own old
 //! connection's release, which the owner may not have seen yet; a holder found gone is released
 //! and the key granted, a live one keeps it (see [`Registry::start_publish`]).
+//!
+//! Files: this one holds the index of streams, plays, limits, expiry and stats; `publish.rs`
+//! who publishes what (the owner's decision, holder probes, the recording of a publish);
+//! `mesh.rs` what this shard does with each message another shard sends it.
+
+mod mesh;
+mod publish;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
-use rtmp_proto::session::Media;
-use tracing::{debug, info, warn, Instrument, Span};
+use tracing::info;
+
+use publish::ParkedPublish;
+pub use publish::PublishStart;
 
 use super::live::{notify_all, Stream};
 use super::shard::{owner_of, PeerOutbox, PublishWaiter, ShardMessage, SnapshotWaiter};
 use super::subscriber::Subscriber;
-use super::{CloseReason, Liveness, PublishRefused, PublisherInfo, RelaySettings, StreamKey};
-use crate::frame::Frame;
+use super::{CloseReason, Liveness, RelaySettings, StreamKey};
 use crate::metrics::{Counter, ShardCounters, ShardStats};
-use crate::record::{RecordCounters, RecordError, Recorder};
-
-/// How long a publish of a key held by a connection on another shard waits, on the owner, for
-/// that shard to say whether the holder is still there; past it the publish is refused (never
-/// two publishers on one key). Shards answer in microseconds: this only bounds a wedged one, and
-/// is shorter than a connection's wait for the owner (conn's `OWNER_REPLY_TIMEOUT`), so the
-/// publisher hears the refusal instead of being dropped.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What a connection's publish request became.
-#[derive(Debug)]
-pub enum PublishStart {
-    /// This shard owns the key and decided at once: the stream, or why not.
-    Decided(Result<Rc<Stream>, PublishRefused>),
-    /// The answer (the stream's uid, or why not) comes later: from the owner shard, or once the
-    /// shard of the key's current holder has said whether that holder is still there. A
-    /// connection that gives up calls [`Registry::forget_publish_request`].
-    Waiting(Rc<PublishWaiter>),
-}
-
-/// A publish waiting on the owner for the answer to a [`ShardMessage::ProbePublisher`].
-#[derive(Debug)]
-struct ParkedPublish {
-    key: StreamKey,
-    publisher: PublisherInfo,
-    /// Who held the key when the publish came, on another shard.
-    holder: PublisherInfo,
-    /// The shard of the connection that asked, where the answer goes.
-    requester: usize,
-    /// Refused past this if the holder's shard has not answered.
-    deadline: Instant,
-}
+use crate::record::RecordCounters;
 
 /// The streams of one shard.
 #[derive(Debug)]
@@ -214,220 +191,6 @@ impl Registry {
         Ok(stream)
     }
 
-    /// A connection of this shard asks to publish `key`. Decided at once when this shard owns
-    /// `key` and nothing needs asking; otherwise the answer comes through the returned waiter.
-    ///
-    /// A key held by another connection is not refused on sight: the holder may be a
-    /// publisher that just dropped its connection and reconnected, whose end the shard holding
-    /// that connection has not read yet (or, from another shard, not yet told the owner). So
-    /// the holder's shard checks the holder's socket first ([`Liveness`]): a holder that is
-    /// gone is released there and then and the key goes to the new publisher; a live holder
-    /// keeps it and the new publisher is refused, as before. A holder on this shard is checked
-    /// on the spot; one on another shard costs one mesh round trip, bounded by
-    /// [`PROBE_TIMEOUT`].
-    ///
-    /// `liveness` answers for this connection when a later publish of a key it holds asks;
-    /// it is kept until [`Self::forget_connection`].
-    pub fn start_publish(
-        &self,
-        key: StreamKey,
-        publisher: PublisherInfo,
-        liveness: Weak<dyn Liveness>,
-        now: Instant,
-    ) -> PublishStart {
-        let conn_id = publisher.conn_id;
-        self.liveness.borrow_mut().insert(conn_id, liveness);
-        if !self.owns(&key) {
-            return PublishStart::Waiting(self.request_publish(key, publisher));
-        }
-        match self.decide_publish(key, publisher, self.shard_id, now) {
-            Some(result) => PublishStart::Decided(result),
-            None => PublishStart::Waiting(self.publish_waiter(conn_id)),
-        }
-    }
-
-    /// A connection of this shard ended: it answers no more probes (any later one finds it
-    /// gone).
-    pub fn forget_connection(&self, conn_id: u64) {
-        self.liveness.borrow_mut().remove(&conn_id);
-    }
-
-    /// Whether this shard's connection `conn_id` is gone: closed, reset, failed, or not known
-    /// here any more (it ended, and its own release is done or on its way to the owner, ahead
-    /// of any answer about it).
-    fn connection_gone(&self, conn_id: u64) -> bool {
-        let liveness = self.liveness.borrow().get(&conn_id).and_then(Weak::upgrade);
-        liveness.is_none_or(|l| l.is_gone())
-    }
-
-    /// On the owner: decides a publish of `key` asked from shard `requester` (see
-    /// [`Self::start_publish`]). `None` while the holder's shard is asked; the answer then goes
-    /// to the requester when that shard replies ([`ShardMessage::PublisherProbed`]).
-    fn decide_publish(
-        &self,
-        key: StreamKey,
-        publisher: PublisherInfo,
-        requester: usize,
-        now: Instant,
-    ) -> Option<Result<Rc<Stream>, PublishRefused>> {
-        let held = self.get(&key).and_then(|s| s.publisher().map(|holder| (s, holder)));
-        if let Some((stream, holder)) = held.filter(|(_, h)| h.conn_id != publisher.conn_id) {
-            if holder.shard != self.shard_id && holder.shard < self.outboxes.len() {
-                self.probe(key, publisher, holder, requester, now);
-                return None;
-            }
-            if self.connection_gone(holder.conn_id) {
-                self.release_gone(&stream, &holder, now);
-            }
-        }
-        Some(self.publish(key, publisher, now))
-    }
-
-    /// Parks a publish of `key` and asks the shard of its holder whether the holder is still
-    /// there.
-    fn probe(
-        &self,
-        key: StreamKey,
-        publisher: PublisherInfo,
-        holder: PublisherInfo,
-        requester: usize,
-        now: Instant,
-    ) {
-        let token = self.next_probe.get() + 1;
-        self.next_probe.set(token);
-        debug!(stream = %key, holder_shard = holder.shard,
-            "key held by a connection on another shard: asking whether it is still there");
-        self.outbox(holder.shard)
-            .push(ShardMessage::ProbePublisher { token, conn_id: holder.conn_id });
-        let deadline = now + PROBE_TIMEOUT;
-        let parked = ParkedPublish { key, publisher, holder, requester, deadline };
-        self.parked.borrow_mut().insert(token, parked);
-    }
-
-    /// Releases `stream` from `holder`, whose connection is gone (its own release of the key
-    /// may still be on its way; it will find the key no longer its own and do nothing).
-    fn release_gone(&self, stream: &Rc<Stream>, holder: &PublisherInfo, now: Instant) {
-        info!(stream = %stream.key, holder = %holder.peer,
-            "the holder's connection is gone: releasing the key for a new publish");
-        self.unpublish(stream, holder.conn_id, now);
-    }
-
-    /// The owner's decision on a publish goes to the shard of the connection that asked.
-    fn answer_publish(
-        &self,
-        requester: usize,
-        conn_id: u64,
-        result: Result<Rc<Stream>, PublishRefused>,
-        now: Instant,
-    ) {
-        let result = result.map(|stream| stream.uid());
-        if requester == self.shard_id {
-            self.publish_answered(self.shard_id, conn_id, result, now);
-        } else {
-            self.outbox(requester).push(ShardMessage::PublishReply { conn_id, result });
-        }
-    }
-
-    /// The decision of `owner` on a publish of this shard's connection `conn_id`.
-    fn publish_answered(
-        &self,
-        owner: usize,
-        conn_id: u64,
-        result: Result<u64, PublishRefused>,
-        now: Instant,
-    ) {
-        let waiter = self.publish_waiters.borrow_mut().remove(&conn_id);
-        match (waiter, result) {
-            (Some(waiter), result) => waiter.complete(result),
-            // The connection gave up (closed, or timed out waiting) before the owner
-            // accepted: release the stream so it does not stay published by nobody.
-            (None, Ok(uid)) if owner == self.shard_id => {
-                let stream = self.by_uid.borrow().get(&uid).cloned();
-                if let Some(stream) = stream {
-                    self.unpublish(&stream, conn_id, now);
-                }
-            }
-            (None, Ok(uid)) => self.outbox(owner).push(ShardMessage::Unpublish { uid, conn_id }),
-            (None, Err(_)) => {}
-        }
-    }
-
-    /// Refuses the parked publishes whose holder's shard did not answer in time: with no
-    /// answer, the holder may be live, and a key never has two publishers. Called
-    /// periodically by the shard.
-    pub fn expire_probes(&self, now: Instant) {
-        let expired: Vec<ParkedPublish> = {
-            let mut parked = self.parked.borrow_mut();
-            let tokens: Vec<u64> =
-                parked.iter().filter(|(_, p)| p.deadline <= now).map(|(t, _)| *t).collect();
-            tokens.iter().filter_map(|t| parked.remove(t)).collect()
-        };
-        for parked in expired {
-            warn!(stream = %parked.key, holder_shard = parked.holder.shard,
-                "no answer in time on whether the key's holder is still there: publish refused");
-            let refused = PublishRefused::AlreadyPublishing { by: parked.holder.peer };
-            self.answer_publish(parked.requester, parked.publisher.conn_id, Err(refused), now);
-        }
-    }
-
-    /// Makes `publisher` the publisher of `key`, which this shard must own, unless someone
-    /// holds it (whether or not that one is still there: see [`Self::start_publish`]).
-    pub fn publish(
-        &self,
-        key: StreamKey,
-        publisher: PublisherInfo,
-        now: Instant,
-    ) -> Result<Rc<Stream>, PublishRefused> {
-        debug_assert!(self.owns(&key), "publish on the owner shard only");
-        let stream = self.get_or_create(key, now).map_err(PublishRefused::Limit)?;
-        if let Err(refused) = stream.start_publishing(publisher, now, &self.settings) {
-            self.remove_if_unused(&stream);
-            return Err(refused);
-        }
-        self.counters.publishes.inc();
-        self.counters.publishers.inc();
-        self.start_recording(&stream);
-        Ok(stream)
-    }
-
-    /// Starts recording a publish that just started, if its app is recorded. A key that cannot
-    /// be a safe file name is logged and counted by `Recorder::start`; the stream is relayed
-    /// either way.
-    fn start_recording(&self, stream: &Stream) {
-        let Some(config) = self.settings.record.as_ref() else { return };
-        if !self.settings.records(&stream.key.app) {
-            return;
-        }
-        let started = Recorder::start(
-            config.clone(),
-            self.record_counters.clone(),
-            &stream.key.app,
-            &stream.key.name,
-            SystemTime::now(),
-        );
-        match started {
-            Ok(recorder) => stream.set_recorder(recorder),
-            Err(RecordError::UnsafeKey(_)) => {}
-            Err(e) => warn!(stream = %stream.key, error = %e, "recording not started"),
-        }
-    }
-
-    /// Finishes the recording of a publish that ended: the writer task writes what is queued,
-    /// fixes up `onMetaData` and closes the file in the background.
-    fn finish_recording(&self, stream: &Stream) {
-        let Some(recorder) = stream.take_recorder() else { return };
-        let closing = self.recordings_closing.clone();
-        closing.set(closing.get() + 1);
-        let finish = async move {
-            // The writer task logs the outcome (file, bytes, or the error).
-            let _ = recorder.finish().await;
-            closing.set(closing.get() - 1);
-        };
-        // In the span of whatever ended the publish (its connection, or the shard), so the
-        // lines it logs say where.
-        glommio::spawn_local(finish.instrument(Span::current())).detach();
-    }
-
     /// Recordings whose files are still being closed.
     pub fn recordings_closing(&self) -> usize {
         self.recordings_closing.get()
@@ -442,62 +205,6 @@ impl Registry {
             }
             self.finish_recording(&stream);
         }
-    }
-
-    /// Asks the owner of `key` (another shard) to accept `publisher`; the answer arrives
-    /// through the returned waiter.
-    fn request_publish(&self, key: StreamKey, publisher: PublisherInfo) -> Rc<PublishWaiter> {
-        let waiter = self.publish_waiter(publisher.conn_id);
-        let owner = self.owner_of(&key);
-        self.outbox(owner).push(ShardMessage::PublishRequest { key, publisher });
-        waiter
-    }
-
-    /// Where the answer to connection `conn_id`'s publish will be delivered.
-    fn publish_waiter(&self, conn_id: u64) -> Rc<PublishWaiter> {
-        let waiter = Rc::new(PublishWaiter::default());
-        self.publish_waiters.borrow_mut().insert(conn_id, waiter.clone());
-        waiter
-    }
-
-    /// Gives up on a publish request (the connection ended or timed out while waiting).
-    pub fn forget_publish_request(&self, conn_id: u64) {
-        self.publish_waiters.borrow_mut().remove(&conn_id);
-    }
-
-    /// Sends one message of a publisher on this shard to the owner of its stream, encoded here
-    /// once. `skipping` is the publisher's own skip state for a backed-up owner.
-    pub fn forward_published(
-        &self,
-        owner: usize,
-        uid: u64,
-        conn_id: u64,
-        media: Media,
-        skipping: &Cell<bool>,
-    ) {
-        let frame = Frame::new(
-            media.kind,
-            media.timestamp,
-            media.payload,
-            media.is_metadata,
-            &self.settings.encoder,
-        );
-        let message = ShardMessage::PublisherFrame { uid, conn_id, frame: frame.clone() };
-        self.outbox(owner).push_frame(message, &frame, skipping);
-    }
-
-    /// Ends a publish whose stream another shard owns.
-    pub fn unpublish_remote(&self, owner: usize, uid: u64, conn_id: u64) {
-        self.outbox(owner).push(ShardMessage::Unpublish { uid, conn_id });
-    }
-
-    /// Ends `conn_id`'s publishing of `stream` (owned here).
-    pub fn unpublish(&self, stream: &Rc<Stream>, conn_id: u64, now: Instant) {
-        if stream.stop_publishing(Some(conn_id), now, &self.settings) {
-            self.counters.publishers.dec();
-            self.finish_recording(stream);
-        }
-        self.remove_if_unused(stream);
     }
 
     /// Whether a player may join `key` now; `Err` names the limit that refuses it (and counts
@@ -665,119 +372,6 @@ impl Registry {
             streams: self.streams.borrow().values().map(|s| s.stats(self.shard_id, now)).collect(),
         }
     }
-
-    /// Handles one message from shard `from`.
-    pub fn handle(&self, from: usize, message: ShardMessage, now: Instant) {
-        if let Some(counter) = self.received.get(from) {
-            counter.inc();
-        }
-        match message {
-            ShardMessage::PublishRequest { key, publisher } => {
-                let conn_id = publisher.conn_id;
-                if let Some(result) = self.decide_publish(key.clone(), publisher, from, now) {
-                    if result.is_ok() {
-                        debug!(stream = %key, from, "publish from another shard accepted");
-                    }
-                    self.answer_publish(from, conn_id, result, now);
-                }
-            }
-            ShardMessage::PublishReply { conn_id, result } => {
-                self.publish_answered(from, conn_id, result, now)
-            }
-            ShardMessage::ProbePublisher { token, conn_id } => {
-                let gone = self.connection_gone(conn_id);
-                self.outbox(from).push(ShardMessage::PublisherProbed { token, gone });
-            }
-            ShardMessage::PublisherProbed { token, gone } => {
-                // None: the publish was refused already, the answer having come too late.
-                let Some(parked) = self.parked.borrow_mut().remove(&token) else { return };
-                let holder = parked.holder;
-                if gone {
-                    let still_held = self
-                        .get(&parked.key)
-                        .filter(|s| s.publisher().is_some_and(|p| p.conn_id == holder.conn_id));
-                    if let Some(stream) = still_held {
-                        self.release_gone(&stream, &holder, now);
-                    }
-                }
-                // Granted if the key is free now (released here, or by its holder meanwhile);
-                // refused if its holder is live, or another publisher took it meanwhile.
-                let conn_id = parked.publisher.conn_id;
-                let result = self.publish(parked.key, parked.publisher, now);
-                self.answer_publish(parked.requester, conn_id, result, now);
-            }
-            ShardMessage::PublisherFrame { uid, conn_id, frame } => {
-                let stream = self.by_uid.borrow().get(&uid).cloned();
-                if let Some(stream) =
-                    stream.filter(|s| s.publisher().is_some_and(|p| p.conn_id == conn_id))
-                {
-                    stream.relay_frame(Rc::new(frame), now, &self.settings, &self.counters);
-                }
-            }
-            ShardMessage::Unpublish { uid, conn_id } => {
-                let stream = self.by_uid.borrow().get(&uid).cloned();
-                if let Some(stream) = stream {
-                    self.unpublish(&stream, conn_id, now);
-                }
-            }
-            ShardMessage::Subscribe { key, token } => {
-                // Over the stream limit, the mirror gets no snapshot: its players wait for a
-                // publisher as long as players wait anywhere, then stop.
-                let Ok(stream) = self.get_or_create(key.clone(), now) else { return };
-                let (publisher, frames) =
-                    stream.add_remote(from, self.outbox(from).clone(), &self.settings.encoder);
-                self.outbox(from).push(ShardMessage::Snapshot {
-                    key,
-                    token,
-                    uid: stream.uid(),
-                    publisher,
-                    frames,
-                });
-            }
-            ShardMessage::Unsubscribe { key, delivered } => {
-                if let Some(stream) = self.get(&key).filter(|s| !s.is_mirror()) {
-                    stream.add_departed(delivered);
-                    stream.remove_remote(from);
-                    self.remove_if_unused(&stream);
-                }
-            }
-            ShardMessage::Snapshot { key, token, uid, publisher, frames } => {
-                // Only the answer to this mirror's own Subscribe counts: an earlier mirror of
-                // the same key may have left with its answer still in flight.
-                if self.pending_snapshots.borrow().get(&key) != Some(&token) {
-                    return;
-                }
-                self.pending_snapshots.borrow_mut().remove(&key);
-                if let Some(mirror) = self.get(&key).filter(|s| s.is_mirror()) {
-                    mirror.set_uid(uid);
-                    self.by_uid.borrow_mut().insert(uid, mirror.clone());
-                    mirror.load_snapshot(publisher, frames, now, &self.settings);
-                }
-                let waiters = self.snapshot_waiters.borrow_mut().remove(&key);
-                for waiter in waiters.into_iter().flatten() {
-                    waiter.complete(());
-                }
-            }
-            ShardMessage::Frame { uid, frame } => {
-                let mirror = self.by_uid.borrow().get(&uid).cloned();
-                if let Some(mirror) = mirror.filter(|s| s.is_mirror()) {
-                    mirror.relay_frame(Rc::new(frame), now, &self.settings, &self.counters);
-                }
-            }
-            ShardMessage::Published { uid, publisher } => {
-                let mirror = self.by_uid.borrow().get(&uid).cloned();
-                if let Some(mirror) = mirror.filter(|s| s.is_mirror()) {
-                    let _ = mirror.start_publishing(publisher, now, &self.settings);
-                }
-            }
-            ShardMessage::Unpublished { uid } => {
-                let mirror = self.by_uid.borrow().get(&uid).cloned();
-                if let Some(mirror) = mirror.filter(|s| s.is_mirror()) {
-                    mirror.stop_publishing(None, now, &self.settings);
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -790,8 +384,10 @@ mod tests {
     use rtmp_proto::session::MediaKind;
     use rtmp_proto::time::RtmpTimestamp;
 
+    use super::publish::PROBE_TIMEOUT;
     use super::*;
-    use crate::stream::{CacheLimits, OutQueue};
+    use crate::frame::Frame;
+    use crate::stream::{CacheLimits, OutQueue, PublishRefused, PublisherInfo};
 
     fn settings() -> RelaySettings {
         RelaySettings {
@@ -896,7 +492,7 @@ mod tests {
     /// The answer a waiting publish got, if it came.
     fn answer(start: &PublishStart) -> Option<Result<u64, PublishRefused>> {
         match start {
-            PublishStart::Decided(result) => Some(result.as_ref().map(|s| s.uid()).map_err(|e| *e)),
+            PublishStart::Decided(result) => Some(result.as_ref().map(|p| p.uid()).map_err(|e| *e)),
             PublishStart::Waiting(waiter) => {
                 futures_lite::future::block_on(futures_lite::future::poll_once(waiter.wait()))
             }
@@ -1059,12 +655,9 @@ mod tests {
             payload: Bytes::from_static(payload),
             is_metadata: false,
         };
-        stream.relay(
-            frame(&[0x17, 1, 0, 0, 0, 9]),
-            pair.now,
-            &settings(),
-            pair.shards[0].counters(),
-        );
+        let settings = settings();
+        let keyframe = Rc::new(Frame::of(frame(&[0x17, 1, 0, 0, 0, 9]), &settings.encoder));
+        stream.relay_frame(keyframe, pair.now, &settings, pair.shards[0].counters());
         let remote = player(100, pair.now);
         let mirror = pair.shards[1].play(key.clone(), remote.clone(), pair.now).unwrap();
         assert!(mirror.is_mirror());
@@ -1108,7 +701,9 @@ mod tests {
             is_metadata: false,
         };
         for _ in 0..3 {
-            stream.relay(keyframe.clone(), pair.now, &settings(), pair.shards[0].counters());
+            let settings = settings();
+            let frame = Rc::new(Frame::of(keyframe.clone(), &settings.encoder));
+            stream.relay_frame(frame, pair.now, &settings, pair.shards[0].counters());
         }
         pair.pump();
         assert_eq!(mirror.delivery().messages_out, 3);
