@@ -6,6 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use rtmp_proto::session::SessionConfig;
+
+/// The protocol's defaults, which the protocol flags take as theirs.
+const SESSION: SessionConfig = SessionConfig::DEFAULT;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -36,6 +40,11 @@ pub struct Config {
     #[arg(long, default_value_t = 4096)]
     pub mesh_frame_limit: usize,
 
+    /// Messages in flight per ordered pair of shards on the channel mesh. Frames beyond it wait
+    /// in the sender's outbox, where --mesh-frame-limit applies.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub mesh_channel_capacity: u32,
+
     /// Testing aid: every shard also listens on its own 127.0.0.1 port, so a test can place a
     /// connection on a chosen shard (`ServerHandle::shard_addr`).
     #[arg(long, hide = true)]
@@ -65,12 +74,12 @@ pub struct Config {
 
     /// Chunk size the server announces and writes with. Larger chunks mean fewer chunk headers
     /// and fewer bytes to copy per frame; 4096 is what ffmpeg and OBS use.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(128..=16_777_215))]
+    #[arg(long, default_value_t = SESSION.out_chunk_size, value_parser = clap::value_parser!(u32).range(128..=16_777_215))]
     pub out_chunk_size: u32,
 
     /// Largest RTMP message accepted from a client, in bytes. Far above a 4K keyframe; stops a
     /// client from making the server buffer a declared 16 MiB message.
-    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    #[arg(long, default_value_t = SESSION.chunk_limits.max_message_len)]
     pub max_message_bytes: u32,
 
     /// Most bytes of late-join cache (the current GOP) kept per stream. A stream whose GOP
@@ -150,20 +159,35 @@ pub struct Config {
     pub max_stream_name_bytes: usize,
 
     /// Most chunk streams one connection may use (real clients use fewer than 10).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = SESSION.chunk_limits.max_chunk_streams)]
     pub max_chunk_streams: usize,
 
     /// Most bytes one connection may hold in partially received messages.
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, default_value_t = SESSION.chunk_limits.max_partial_bytes)]
     pub max_partial_bytes: usize,
 
     /// Deepest AMF nesting accepted in commands and metadata.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = SESSION.amf_limits.max_depth)]
     pub max_amf_depth: usize,
 
     /// Longest AMF string accepted, in bytes.
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, default_value_t = SESSION.amf_limits.max_string_len)]
     pub max_amf_string_bytes: usize,
+
+    /// Most elements of one AMF array or object accepted (a 16 MiB metadata message of empty
+    /// keys would otherwise cost millions of allocations).
+    #[arg(long, default_value_t = SESSION.amf_limits.max_elements)]
+    pub max_amf_elements: usize,
+
+    /// Most message streams (createStream) one connection may open. Real clients open one;
+    /// each costs a little state.
+    #[arg(long, default_value_t = SESSION.max_message_streams)]
+    pub max_message_streams: usize,
+
+    /// Window Acknowledgement Size announced to clients, in bytes: how often they acknowledge
+    /// what they received (which the stats API shows per player as unacknowledged bytes).
+    #[arg(long, default_value_t = SESSION.window_ack_size)]
+    pub window_ack_size: u32,
 
     /// Seconds a graceful shutdown waits for connections to flush their last messages and
     /// for recordings to close.
@@ -388,9 +412,8 @@ impl Config {
     }
 
     /// The protocol settings every session of this server uses.
-    pub fn session_config(&self) -> rtmp_proto::session::SessionConfig {
-        let defaults = rtmp_proto::session::SessionConfig::default();
-        rtmp_proto::session::SessionConfig {
+    pub fn session_config(&self) -> SessionConfig {
+        SessionConfig {
             out_chunk_size: self.out_chunk_size,
             chunk_limits: rtmp_proto::chunk::Limits {
                 max_message_len: self.max_message_bytes,
@@ -400,9 +423,10 @@ impl Config {
             amf_limits: rtmp_proto::amf0::AmfLimits {
                 max_depth: self.max_amf_depth,
                 max_string_len: self.max_amf_string_bytes,
-                ..defaults.amf_limits
+                max_elements: self.max_amf_elements,
             },
-            ..defaults
+            window_ack_size: self.window_ack_size,
+            max_message_streams: self.max_message_streams,
         }
     }
 }

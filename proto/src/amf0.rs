@@ -71,9 +71,15 @@ pub struct AmfLimits {
     pub max_elements: usize,
 }
 
+impl AmfLimits {
+    /// The defaults, usable in constant positions (the server's flags take theirs from here).
+    pub const DEFAULT: AmfLimits =
+        AmfLimits { max_depth: 32, max_string_len: 64 * 1024, max_elements: 16 * 1024 };
+}
+
 impl Default for AmfLimits {
     fn default() -> Self {
-        Self { max_depth: 32, max_string_len: 64 * 1024, max_elements: 16 * 1024 }
+        Self::DEFAULT
     }
 }
 

@@ -122,15 +122,20 @@ pub struct SessionConfig {
     pub max_message_streams: usize,
 }
 
+impl SessionConfig {
+    /// The defaults, usable in constant positions (the server's flags take theirs from here).
+    pub const DEFAULT: SessionConfig = SessionConfig {
+        chunk_limits: chunk::Limits::DEFAULT,
+        amf_limits: AmfLimits::DEFAULT,
+        out_chunk_size: 4096,
+        window_ack_size: 2_500_000,
+        max_message_streams: 8,
+    };
+}
+
 impl Default for SessionConfig {
     fn default() -> Self {
-        Self {
-            chunk_limits: chunk::Limits::default(),
-            amf_limits: AmfLimits::default(),
-            out_chunk_size: 4096,
-            window_ack_size: 2_500_000,
-            max_message_streams: 8,
-        }
+        Self::DEFAULT
     }
 }
 
@@ -391,11 +396,6 @@ impl ServerSession {
     /// The app given in `connect`, once connected.
     pub fn app(&self) -> Option<&str> {
         self.app.as_deref()
-    }
-
-    /// True once the handshake is complete.
-    pub fn is_handshake_done(&self) -> bool {
-        !matches!(self.phase, ServerPhase::Handshake(_))
     }
 
     /// The chunk size of bytes this session writes (after connect: the configured out size).

@@ -228,7 +228,7 @@ impl Pair {
     fn connect(&mut self) -> PairResult {
         self.pump()?;
         assert_eq!(self.client_events(), [ClientEvent::HandshakeDone]);
-        assert!(self.server.is_handshake_done());
+        assert_eq!(self.server.app(), None, "handshake done, connect not yet");
         self.client.connect("live", "rtmp://relay.test/live");
         self.pump()?;
         // Acknowledgements (with a small window) may come any time: leave them queued.

@@ -12,7 +12,6 @@ pub mod stats;
 use std::cell::{Cell, RefCell};
 
 pub use http::{serve as serve_http, HttpError, HttpServer};
-pub use prometheus::render as render_prometheus;
 pub use recording::{RecordCounters, RecordCountersSnapshot};
 pub use stats::{DeliveryTotals, ShardStats, StreamStats, SubscriberStats};
 

@@ -31,9 +31,6 @@ use crate::telemetry::LogLimiter;
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
 /// At most one "accept failed" line per listener per this interval.
 const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
-/// Messages in flight per ordered pair of shards. Frames wait in the sender's outbox beyond
-/// this, where the skip-to-keyframe policy applies.
-const MESH_CHANNEL_CAPACITY: usize = 1024;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -230,7 +227,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let io_memory = io_memory_per_shard(shard_count);
     let mesh: MeshBuilder<ShardMessage, Full> =
-        MeshBuilder::full(shard_count, MESH_CHANNEL_CAPACITY);
+        MeshBuilder::full(shard_count, config.mesh_channel_capacity as usize);
     let mut shards = Vec::with_capacity(shard_count);
     let mut ready = Vec::with_capacity(shard_count);
     for shard_id in 0..shard_count {

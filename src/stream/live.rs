@@ -179,20 +179,6 @@ impl Stream {
         self.state.borrow().remotes.iter().map(|r| r.shard).collect()
     }
 
-    pub fn codecs(&self) -> CodecInfo {
-        self.state.borrow().codecs.clone()
-    }
-
-    pub fn gop_cache_bytes(&self) -> usize {
-        self.state.borrow().cache.gop_bytes()
-    }
-
-    /// Messages and payload bytes received (from the publisher, or from the owner for a mirror).
-    pub fn ingress(&self) -> (u64, u64) {
-        let state = self.state.borrow();
-        (state.messages_in, state.bytes_in)
-    }
-
     pub(super) fn idle_since(&self) -> Option<Instant> {
         let state = self.state.borrow();
         if state.publisher.is_some() {

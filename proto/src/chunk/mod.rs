@@ -62,13 +62,18 @@ pub struct Limits {
     pub max_partial_bytes: usize,
 }
 
+impl Limits {
+    /// The defaults, usable in constant positions (the server's flags take theirs from here).
+    pub const DEFAULT: Limits = Limits {
+        max_message_len: 8 * 1024 * 1024,
+        max_chunk_streams: 64,
+        max_partial_bytes: 16 * 1024 * 1024,
+    };
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_message_len: 8 * 1024 * 1024,
-            max_chunk_streams: 64,
-            max_partial_bytes: 16 * 1024 * 1024,
-        }
+        Self::DEFAULT
     }
 }
 

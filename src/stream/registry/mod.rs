@@ -657,22 +657,31 @@ mod tests {
         };
         let settings = settings();
         let keyframe = Rc::new(Frame::of(frame(&[0x17, 1, 0, 0, 0, 9]), &settings.encoder));
-        stream.relay_frame(keyframe, pair.now, &settings, pair.shards[0].counters());
+        stream.relay_frame(keyframe.clone(), pair.now, &settings, pair.shards[0].counters());
         let remote = player(100, pair.now);
         let mirror = pair.shards[1].play(key.clone(), remote.clone(), pair.now).unwrap();
         assert!(mirror.is_mirror());
         pair.pump();
-        assert!(
-            remote.queue.queued_bytes() > 0,
-            "the snapshot's keyframe reached the remote player"
-        );
+        // What the player's writer would send: the cached keyframe, chunked for it.
+        let sent = |player: &Subscriber| {
+            let mut out = Vec::new();
+            player
+                .queue
+                .write_with(64, pair.now, |slices| -> Result<usize, ()> {
+                    slices.iter().for_each(|s| out.extend_from_slice(s));
+                    Ok(slices.iter().map(|s| s.len()).sum())
+                })
+                .unwrap();
+            out
+        };
+        assert_eq!(sent(&remote), keyframe.chunks, "the snapshot's keyframe reached the player");
         assert_eq!(stream.mirror_shards(), vec![1]);
 
         // A second remote player starts from the mirror, without asking the owner.
         let second = player(101, pair.now);
         pair.shards[1].play(key.clone(), second.clone(), pair.now).unwrap();
         assert_eq!(pair.pump(), 0);
-        assert!(second.queue.queued_bytes() > 0);
+        assert_eq!(sent(&second), keyframe.chunks, "the mirror's cache started it");
 
         pair.shards[1].leave(&mirror, 100, 1);
         pair.shards[1].leave(&mirror, 101, 1);
