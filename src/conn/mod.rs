@@ -35,7 +35,7 @@ use tracing::{debug, info, info_span, warn, Instrument, Span};
 pub use limits::{Admission, ConnLimits, IpTable, Refusal};
 pub use socket::Socket;
 
-use crate::metrics::{ConnState, ShardCounters};
+use crate::metrics::{ConnState, Limit, ShardCounters};
 use crate::stream::{
     CloseReason, OutQueue, PublishRefused, PublishWaiter, PublisherInfo, Registry, SnapshotWaiter,
     Stream, StreamKey, Subscriber,
@@ -180,16 +180,16 @@ enum Ended {
     PeerClosed,
     /// The socket failed.
     Io(std::io::Error),
-    /// A time limit ran out (its name).
-    Timeout(&'static str),
+    /// A time limit ran out.
+    Timeout(Limit),
     /// The peer broke the protocol.
     Protocol(SessionError),
     /// The server closed it (its queue says why).
     Server(CloseReason),
     /// A publish was refused; the reply is sent before closing.
     PublishRefused,
-    /// A play was refused by a limit (named); the reply is sent before closing.
-    Refused(&'static str),
+    /// A play was refused by a limit; the reply is sent before closing.
+    Refused(Limit),
 }
 
 /// Serves one accepted connection until it ends. Never panics on peer input; every error ends
@@ -216,7 +216,7 @@ async fn serve_connection(ctx: Rc<ConnContext>, stream: TcpStream, conn_id: u64,
             ctx.counters.limit_tripped(refusal.limit());
             if let Some(not_logged) = ctx.refusal_log.check(Instant::now()) {
                 warn!(
-                    limit = refusal.limit(),
+                    limit = refusal.limit().name(),
                     refusals_not_logged = not_logged,
                     "connection refused (further refusals this second not logged)"
                 );
@@ -274,25 +274,29 @@ async fn serve_connection(ctx: Rc<ConnContext>, stream: TcpStream, conn_id: u64,
             info!(error = %e, "connection closed on socket error")
         }
         Ended::Timeout(limit) => {
-            if *limit == "handshake_timeout" {
+            if *limit == Limit::HandshakeTimeoutSecs {
                 ctx.counters.handshake_timeouts.inc();
-            } else {
-                ctx.counters.limit_tripped(limit);
             }
-            warn!(limit, "closing connection: time limit reached");
+            ctx.counters.limit_tripped(*limit);
+            warn!(limit = limit.name(), "closing connection: time limit reached");
         }
         Ended::Protocol(e) => {
             if matches!(e, SessionError::Handshake(_)) {
                 ctx.counters.handshake_failures.inc();
             }
             ctx.counters.protocol_error(e.kind());
+            if let Some(limit) = limits::tripped_by(e) {
+                ctx.counters.limit_tripped(limit);
+            }
             warn!(kind = e.kind(), reason = %e, "closing connection: protocol violation");
         }
         Ended::Server(reason) => {
             info!(reason = reason.as_str(), "connection closed by server")
         }
         Ended::PublishRefused => {}
-        Ended::Refused(limit) => info!(limit, "connection closed: a limit refused it"),
+        Ended::Refused(limit) => {
+            info!(limit = limit.name(), "connection closed: a limit refused it")
+        }
     }
     // Replies already queued (a refusal, a Play.Stop) still go out, within a bound.
     queue.close(CloseReason::AfterFlush);
@@ -375,12 +379,12 @@ impl Connection {
             // Which limit bounds this read: the handshake, the wait for publish/play, or a
             // publisher's silence. A player may stay silent as long as it likes.
             let deadline = if self.session.app().is_none() {
-                Some((handshake_deadline, "handshake_timeout"))
+                Some((handshake_deadline, Limit::HandshakeTimeoutSecs))
             } else if self.publishing.is_empty() && self.playing.is_empty() {
                 let since = *connected_at.get_or_insert_with(Instant::now);
-                Some((since + limits.idle_before_play, "idle_before_play"))
+                Some((since + limits.idle_before_play, Limit::IdleBeforePlaySecs))
             } else if !self.publishing.is_empty() {
-                Some((Instant::now() + limits.publisher_idle, "publisher_idle"))
+                Some((Instant::now() + limits.publisher_idle, Limit::PublisherIdleSecs))
             } else {
                 None
             };
@@ -389,7 +393,7 @@ impl Connection {
                     let left = deadline.saturating_duration_since(Instant::now());
                     let timeout = async {
                         glommio::timer::sleep(left).await;
-                        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, limit))
+                        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, limit.name()))
                     };
                     self.socket.read(&mut read_buf).or(timeout).await
                 }
@@ -398,8 +402,11 @@ impl Connection {
             let n = match read {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    let limit = deadline.map_or("timeout", |(_, limit)| limit);
-                    return Ended::Timeout(limit);
+                    return match deadline {
+                        Some((_, limit)) => Ended::Timeout(limit),
+                        // Not one of ours: the kernel's (a keepalive timeout, say).
+                        None => Ended::Io(e),
+                    };
                 }
                 Err(e) => {
                     return match self.queue.close_reason() {
@@ -544,7 +551,7 @@ impl Connection {
                 }
                 let key = self.key(&name.key);
                 if let Err(limit) = self.ctx.registry.check_play(&key) {
-                    warn!(stream = %key, limit, "play refused");
+                    warn!(stream = %key, limit = limit.name(), "play refused");
                     self.session.reject_play(
                         stream_id,
                         code::PLAY_FAILED,
@@ -633,9 +640,9 @@ impl Connection {
         if len <= self.ctx.limits.max_name_bytes {
             return Ok(());
         }
-        const LIMIT: &str = "max_stream_name_bytes";
+        const LIMIT: Limit = Limit::MaxStreamNameBytes;
         self.ctx.counters.limit_tripped(LIMIT);
-        warn!(len, limit = LIMIT, "name too long: closing the connection");
+        warn!(len, limit = LIMIT.name(), "name too long: closing the connection");
         Err(Ended::Refused(LIMIT))
     }
 

@@ -5,6 +5,7 @@
 //! for a [`ShardStats`] snapshot and merges them there.
 
 mod http;
+mod limits;
 mod prometheus;
 mod recording;
 pub mod stats;
@@ -12,6 +13,7 @@ pub mod stats;
 use std::cell::{Cell, RefCell};
 
 pub use http::{serve as serve_http, HttpError, HttpServer};
+pub use limits::{Limit, LimitCounters, LimitCounts};
 pub use prometheus::render as render_prometheus;
 pub use recording::{RecordCounters, RecordCountersSnapshot};
 pub use stats::{DeliveryTotals, ShardStats, StreamStats, SubscriberStats};
@@ -125,8 +127,8 @@ pub struct ShardCounters {
     pub gop_cache_overflows: Counter,
     /// Protocol errors by kind.
     protocol_errors_by_kind: RefCell<Vec<(&'static str, u64)>>,
-    /// Limits that tripped, by name.
-    limits_tripped: RefCell<Vec<(&'static str, u64)>>,
+    /// Trips of each [`Limit`].
+    limits_tripped: LimitCounters,
 }
 
 fn bump(counts: &RefCell<Vec<(&'static str, u64)>>, name: &'static str) {
@@ -153,13 +155,13 @@ impl ShardCounters {
         self.protocol_errors_by_kind.borrow().clone()
     }
 
-    /// Counts one trip of the limit `name` (as in `rtmp_relay_limits_tripped_total{limit}`).
-    pub fn limit_tripped(&self, name: &'static str) {
-        bump(&self.limits_tripped, name);
+    /// Counts one trip of `limit` (`rtmp_relay_limits_tripped_total{limit}`).
+    pub fn limit_tripped(&self, limit: Limit) {
+        self.limits_tripped.trip(limit);
     }
 
-    pub fn limits_tripped(&self) -> Vec<(&'static str, u64)> {
-        self.limits_tripped.borrow().clone()
+    pub fn limits_tripped(&self) -> LimitCounts {
+        self.limits_tripped.snapshot()
     }
 }
 

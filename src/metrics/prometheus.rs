@@ -267,31 +267,14 @@ pub fn render(shards: &[ShardStats]) -> String {
     }
     f.counter("protocol_errors", "Connections closed for a protocol violation, by kind", errors);
 
-    // Limits: each named, each counted when it trips.
+    // Every limit, tripped or not, named after its flag.
     let mut limits = Vec::new();
     for shard in shards {
-        let mut add = |name: &str, value: u64| {
+        for (limit, count) in shard.limits.iter() {
             limits.push((
-                labels(&[("shard", shard.shard.to_string()), ("limit", name.to_owned())]),
-                value,
+                labels(&[("shard", shard.shard.to_string()), ("limit", limit.name().to_owned())]),
+                count,
             ));
-        };
-        add("handshake_timeout", shard.counters.handshake_timeouts);
-        add("gop_cache", shard.counters.gop_cache_overflows);
-        add("subscriber_queue", shard.counters.slow_subscriber_disconnects);
-        for kind in [
-            "message_too_long",
-            "too_many_chunk_streams",
-            "partial_bytes_exceeded",
-            "too_many_message_streams",
-        ] {
-            add(
-                kind,
-                shard.protocol_errors.iter().filter(|(k, _)| *k == kind).map(|(_, n)| n).sum(),
-            );
-        }
-        for (name, count) in &shard.limits {
-            add(name, *count);
         }
     }
     f.counter("limits_tripped", "Limits that tripped, by name", limits);
