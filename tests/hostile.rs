@@ -5,8 +5,8 @@
 //! attack is on and after the attackers left.
 //!
 //! Plus one test for each limit that trips on a well-formed but unwelcome client:
-//! `idle_before_play`, `publisher_idle`, `max_streams_per_shard`, `max_subscribers_per_stream`,
-//! `max_connections`.
+//! `idle_before_play_secs`, `publisher_idle_secs`, `max_streams_per_shard`,
+//! `max_subscribers_per_stream`, `max_connections`.
 
 mod common;
 
@@ -26,6 +26,7 @@ use rtmp_proto::handshake::ClientHandshake;
 use rtmp_proto::message::{csid, type_id, ControlMessage};
 use rtmp_proto::session::{ClientEvent, MediaKind};
 use rtmp_proto::time::RtmpTimestamp;
+use rtmp_relay::metrics::Limit;
 use rtmp_relay::ServerHandle;
 
 // ---- running alone ------------------------------------------------------------------------
@@ -311,6 +312,7 @@ fn slowloris_clients_are_cut_off_by_the_handshake_timeout() {
     connect_writer.join().expect("writer");
 
     eventually("three handshake timeouts", || server.counters().handshake_timeouts == 3);
+    assert_eq!(server.limit_trips(Limit::HandshakeTimeoutSecs), 3);
     assert_healthy(&server);
 }
 
@@ -328,6 +330,7 @@ fn declared_16_mib_is_refused_and_declared_8_mib_is_never_allocated_up_front() {
     bytes.extend_from_slice(&[0x17; 1000]);
     expect_closed_for(&mut big, &bytes, "a 16 MiB message header");
     assert_eq!(server.protocol_errors_of("message_too_long"), 1);
+    assert_eq!(server.limit_trips(Limit::MaxMessageBytes), 1);
 
     // Forty declare 8 MiB (the limit, so allowed) and stall after 4 KiB: half at chunk size
     // 4096, half at 2^31 - 1, where the whole message would be a single chunk.
@@ -380,6 +383,7 @@ fn thousands_of_chunk_streams_and_partial_messages_trip_their_limits() {
     }
     expect_closed_for(&mut many, &bytes, "5000 chunk streams");
     assert_eq!(server.protocol_errors_of("too_many_chunk_streams"), 1);
+    assert_eq!(server.limit_trips(Limit::MaxChunkStreams), 1);
 
     // Sixteen connections each hold just under max_partial_bytes: 31 messages of 1 MiB with
     // their first 64 KiB received (1984 KiB of 2048).
@@ -413,6 +417,7 @@ fn thousands_of_chunk_streams_and_partial_messages_trip_their_limits() {
     eventually("16 partial_bytes_exceeded", || {
         server.protocol_errors_of("partial_bytes_exceeded") == 16
     });
+    assert_eq!(server.limit_trips(Limit::MaxPartialBytes), 16);
     assert!(
         held < 96 * MIB,
         "16 connections x 2 MiB of partial messages: RSS grew {:.1} MiB",
@@ -522,6 +527,7 @@ fn amf_nesting_bombs_are_refused_without_exhausting_the_stack() {
     let bytes = message(4096, csid::COMMAND, type_id::COMMAND_AMF3, 0, &body);
     expect_closed_for(&mut client, &bytes, "an AMF3 array bomb");
     assert_eq!(server.protocol_errors_of("amf"), 3);
+    assert_eq!(server.limit_trips(Limit::MaxAmfDepth), 3);
 
     // In metadata the same bomb is data the relay need not understand: the publisher stays,
     // and what it sends next is relayed.
@@ -798,6 +804,7 @@ fn too_many_create_streams_close_the_connection_and_harmless_commands_do_not() {
     let _ = client.try_flush();
     assert!(client.wait_closed(WAIT), "nine createStreams close the connection");
     assert_eq!(server.protocol_errors_of("too_many_message_streams"), 1);
+    assert_eq!(server.limit_trips(Limit::MaxMessageStreams), 1);
 
     // Harmless: deleteStream and closeStream of unknown streams, FCUnpublish without a
     // publish, an unknown call, and media before publish (dropped). The publish that follows
@@ -887,7 +894,7 @@ fn hostile_stream_keys_are_relayed_safely_or_refused() {
     let mut player = Client::connect(server.local_addr(), "live");
     player.request_play(&"k".repeat(60_000));
     assert!(player.wait_closed(WAIT), "a 60 000-byte key is refused to a player too");
-    eventually("two refusals", || server.limit_trips("max_stream_name_bytes") == 2);
+    eventually("two refusals", || server.limit_trips(Limit::MaxStreamNameBytes) == 2);
     // Longer than an AMF string may be: refused by the protocol layer, before any of that.
     let mut client = Client::connect(server.local_addr(), "live");
     let sid = client.create_stream();
@@ -895,6 +902,7 @@ fn hostile_stream_keys_are_relayed_safely_or_refused() {
     let _ = client.try_flush();
     assert!(client.wait_closed(WAIT), "a 70 000-byte key is refused");
     assert_eq!(server.protocol_errors_of("amf"), 1);
+    assert_eq!(server.limit_trips(Limit::MaxAmfStringBytes), 1);
     assert_healthy(&server);
     drop(server); // recordings are closed
 
@@ -1069,7 +1077,7 @@ fn a_connection_flood_from_one_address_is_capped_and_released() {
 
     // 200 connections that never speak: four are admitted, the rest dropped at once.
     let mut flood: Vec<TcpStream> = (0..200).map(|_| tcp_from(flood_ip, addr, None)).collect();
-    eventually("196 refusals", || server.limit_trips("max_handshaking_per_ip") == 196);
+    eventually("196 refusals", || server.limit_trips(Limit::MaxHandshakingPerIp) == 196);
     let still_open = flood
         .iter_mut()
         .map(|s| closed_within(s, Duration::from_millis(20)))
@@ -1085,7 +1093,7 @@ fn a_connection_flood_from_one_address_is_capped_and_released() {
         (0..8).map(|_| Client::connect_over(tcp_from(busy_ip, addr, None), addr, "live")).collect();
     let mut ninth = tcp_from(busy_ip, addr, None);
     assert!(closed_within(&mut ninth, WAIT), "the ninth connection is dropped");
-    assert_eq!(server.limit_trips("max_connections_per_ip"), 1);
+    assert_eq!(server.limit_trips(Limit::MaxConnectionsPerIp), 1);
 
     // Fifty addresses, each within its share: 200 half-done handshakes, all held.
     let hello = c0c1();
@@ -1110,7 +1118,7 @@ fn a_connection_flood_from_one_address_is_capped_and_released() {
     assert_all_released(&server);
     // Every count was given back: the flood address has its four places again.
     let mut again: Vec<TcpStream> = (0..5).map(|_| tcp_from(flood_ip, addr, None)).collect();
-    eventually("one refusal more", || server.limit_trips("max_handshaking_per_ip") == 197);
+    eventually("one refusal more", || server.limit_trips(Limit::MaxHandshakingPerIp) == 197);
     let still_open = again
         .iter_mut()
         .map(|s| closed_within(s, Duration::from_millis(100)))
@@ -1188,7 +1196,7 @@ fn idle_before_play_closes_a_client_that_never_publishes_or_plays() {
     let mut idle = Client::connect(server.local_addr(), "live");
     assert!(idle.wait_closed(WAIT), "closed after idle_before_play");
     assert!(started.elapsed() >= Duration::from_millis(900), "not before the limit");
-    eventually("idle_before_play counted", || server.limit_trips("idle_before_play") == 1);
+    eventually("idle_before_play counted", || server.limit_trips(Limit::IdleBeforePlaySecs) == 1);
     assert_healthy(&server);
 }
 
@@ -1205,7 +1213,7 @@ fn publisher_idle_closes_a_silent_publisher_and_its_players_wait() {
     publisher.send(MediaKind::Video, 0, &video_frame(0, true, 100));
     assert!(publisher.wait_closed(WAIT), "a silent publisher is closed");
     player.expect(|e| Client::status_code(e) == Some("NetStream.Play.UnpublishNotify"), "notify");
-    eventually("publisher_idle counted", || server.limit_trips("publisher_idle") == 1);
+    eventually("publisher_idle counted", || server.limit_trips(Limit::PublisherIdleSecs) == 1);
     assert_eq!(server.counters().subscribers, 1, "the player stays attached");
     player.close();
     assert_healthy(&server);
@@ -1233,7 +1241,7 @@ fn max_streams_per_shard_refuses_publish_and_play_of_new_keys() {
     assert_eq!(code, "NetStream.Play.Failed");
     assert!(description.contains("max_streams_per_shard"), "{description}");
     assert!(player.wait_closed(WAIT));
-    assert_eq!(server.limit_trips("max_streams_per_shard"), 2);
+    assert_eq!(server.limit_trips(Limit::MaxStreamsPerShard), 2);
     // Players of existing streams are welcome; a freed slot can be used again.
     let mut player = Client::connect(addr, "live");
     player.play("first");
@@ -1266,7 +1274,7 @@ fn max_subscribers_per_stream_refuses_the_next_player_only() {
     assert_eq!(code, "NetStream.Play.Failed");
     assert!(description.contains("max_subscribers_per_stream"), "{description}");
     assert!(third.wait_closed(WAIT));
-    assert_eq!(server.limit_trips("max_subscribers_per_stream"), 1);
+    assert_eq!(server.limit_trips(Limit::MaxSubscribersPerStream), 1);
     let frame = video_frame(1, true, 20_000);
     publisher.send(MediaKind::Video, 0, &frame);
     for player in &mut players {
@@ -1293,7 +1301,7 @@ fn max_connections_drops_connections_beyond_it_and_recovers() {
     eventually("three open", || server.counters().connections_open == 3);
     let mut fourth = tcp(addr);
     assert!(closed_within(&mut fourth, WAIT), "the fourth connection is dropped");
-    assert_eq!(server.limit_trips("max_connections"), 1);
+    assert_eq!(server.limit_trips(Limit::MaxConnections), 1);
     for socket in &mut held {
         assert!(!closed_within(socket, Duration::from_millis(50)), "admitted ones stay");
     }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -164,6 +165,9 @@ fn a_slow_player_shows_in_drops_and_lag() {
             && m.sum("rtmp_relay_skip_to_keyframe_total", &[]) >= 1.0
             && m.sum("rtmp_relay_stream_skip_to_keyframe_total", &stream) >= 1.0
     });
+    // 100 ms of GOP cache: each second-long GOP outgrows it.
+    let m = Metrics::scrape(http);
+    assert!(m.sum("rtmp_relay_limits_tripped_total", &[("limit", "gop_cache_max_ms")]) >= 1.0);
     let m = Metrics::scrape(http);
     let queued_max = m.sum("rtmp_relay_stream_player_queued_bytes_max", &stream);
     assert!(queued_max > 0.0, "the stalled player's queue shows");
@@ -242,6 +246,8 @@ fn a_disconnected_slow_player_is_counted_on_its_stream() {
         c.subscriber_hard_limit_bytes = 1024 * 1024;
         // Far behind before it skips, so its queue reaches the hard limit quickly.
         c.subscriber_soft_lag_ms = 600_000;
+        // Ten 100 KB frames outgrow the GOP cache.
+        c.gop_cache_max_bytes = 1000 * 1000;
     });
     let http = server.http_addr().expect("control plane runs");
     let mut publisher = Client::connect(server.local_addr(), "live");
@@ -257,6 +263,10 @@ fn a_disconnected_slow_player_is_counted_on_its_stream() {
     let m = Metrics::scrape(http);
     assert_eq!(m.sum("rtmp_relay_stream_subscribers", &stream), 0.0);
     assert_eq!(m.sum("rtmp_relay_stream_slow_subscriber_disconnects_total", &stream), 1.0);
+    let tripped = |limit| m.sum("rtmp_relay_limits_tripped_total", &[("limit", limit)]);
+    assert_eq!(tripped("subscriber_hard_limit_bytes"), 1.0);
+    assert_eq!(tripped("subscriber_stall_secs"), 0.0);
+    assert!(tripped("gop_cache_max_bytes") >= 1.0);
     assert!(m.sum("rtmp_relay_stream_messages_out_total", &stream) > 0.0);
     assert_eq!(m.sum("rtmp_relay_stream_players_queued_bytes", &stream), 0.0);
     publisher.close();
@@ -293,6 +303,39 @@ fn connections_by_state_follow_each_connection_and_return_to_zero() {
     idle.close();
     publisher.close();
     eventually("every state back to zero", || states() == ([0.0; 4], true));
+}
+
+/// Design invariant 5: each limit has a config knob and a counter. Every `Limit` is named after
+/// its flag (the ones without a flag yet say so), no two share a name, and each is exported, at
+/// zero before it trips, on every shard.
+#[test]
+fn every_limit_is_named_after_its_flag_and_exported() {
+    use clap::CommandFactory;
+    use rtmp_relay::metrics::Limit;
+    use rtmp_relay::Config;
+
+    let flags: BTreeSet<String> =
+        Config::command().get_arguments().filter_map(|a| a.get_long()).map(str::to_owned).collect();
+    let server = start_server(|c| c.shards = Some(2));
+    let m = Metrics::scrape(server.http_addr().expect("control plane runs"));
+    let exported = m.label_values("rtmp_relay_limits_tripped_total", "limit");
+    let mut names = BTreeSet::new();
+    for limit in Limit::ALL {
+        assert!(names.insert(limit.name()), "two limits are named {limit}");
+        let flag = limit.name().replace('_', "-");
+        if Limit::WITHOUT_FLAG.contains(&limit) {
+            assert!(!flags.contains(&flag), "--{flag} exists: take {limit:?} off WITHOUT_FLAG");
+        } else {
+            assert!(flags.contains(&flag), "{limit:?} is named {limit} but there is no --{flag}");
+        }
+        assert!(exported.contains(limit.name()), "{limit} is not in /metrics");
+        for shard in ["0", "1"] {
+            let series = [("limit", limit.name()), ("shard", shard)];
+            assert_eq!(m.sum("rtmp_relay_limits_tripped_total", &series), 0.0, "{limit}");
+        }
+    }
+    let names: BTreeSet<String> = names.into_iter().map(str::to_owned).collect();
+    assert_eq!(exported, names, "/metrics names no limit but these");
 }
 
 fn message(log: &Value) -> &str {

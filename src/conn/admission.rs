@@ -12,6 +12,13 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use rtmp_proto::amf0::AmfError;
+use rtmp_proto::chunk::DecodeError;
+use rtmp_proto::command::CommandError;
+use rtmp_proto::session::SessionError;
+
+use crate::metrics::Limit;
+
 /// Time and count limits for one connection. Each stops a named attack; each trips a counter.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
@@ -40,13 +47,41 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The limit's name in logs and `rtmp_relay_limits_tripped_total{limit}`.
-    pub fn limit(self) -> &'static str {
+    /// The limit that refused.
+    pub fn limit(self) -> Limit {
         match self {
-            Refusal::ServerFull => "max_connections",
-            Refusal::PerIp => "max_connections_per_ip",
-            Refusal::HandshakingPerIp => "max_handshaking_per_ip",
+            Refusal::ServerFull => Limit::MaxConnections,
+            Refusal::PerIp => Limit::MaxConnectionsPerIp,
+            Refusal::HandshakingPerIp => Limit::MaxHandshakingPerIp,
         }
+    }
+}
+
+/// The limit a protocol error reports, if it is one of the protocol's bounds (counted besides
+/// the protocol error itself).
+pub fn tripped_by(error: &SessionError) -> Option<Limit> {
+    match error {
+        SessionError::Chunk(DecodeError::MessageTooLong { .. }) => Some(Limit::MaxMessageBytes),
+        SessionError::Chunk(DecodeError::TooManyChunkStreams { .. }) => {
+            Some(Limit::MaxChunkStreams)
+        }
+        SessionError::Chunk(DecodeError::PartialBytesExceeded { .. }) => {
+            Some(Limit::MaxPartialBytes)
+        }
+        SessionError::TooManyStreams { .. } => Some(Limit::MaxMessageStreams),
+        SessionError::Command(CommandError::Amf(amf)) => match amf {
+            AmfError::TooDeep => Some(Limit::MaxAmfDepth),
+            AmfError::StringTooLong(_) => Some(Limit::MaxAmfStringBytes),
+            AmfError::TooManyElements => Some(Limit::MaxAmfElements),
+            AmfError::Truncated
+            | AmfError::UnknownMarker(_)
+            | AmfError::BadReference(_)
+            | AmfError::Malformed(_) => None,
+        },
+        SessionError::Handshake(_)
+        | SessionError::Chunk(_)
+        | SessionError::Control(_)
+        | SessionError::Command(_) => None,
     }
 }
 

@@ -12,8 +12,8 @@ use rtmp_proto::session::{ServerSession, SessionError};
 use tracing::{debug, info, warn};
 
 use super::requests::{PendingPlay, PendingPublish};
-use super::{within, Admission, ConnContext, Refusal, Socket};
-use crate::metrics::{ConnState, ShardCounters};
+use super::{admission, within, Admission, ConnContext, Refusal, Socket};
+use crate::metrics::{ConnState, Limit, ShardCounters};
 use crate::stream::{CloseReason, OutQueue, Publication, Stream, StreamKey};
 
 /// Bytes asked of the kernel per read while playing or idle: players send little.
@@ -60,16 +60,16 @@ pub(super) enum Ended {
     PeerClosed,
     /// The socket failed.
     Io(std::io::Error),
-    /// A time limit ran out (its name).
-    Timeout(&'static str),
+    /// A time limit ran out.
+    Timeout(Limit),
     /// The peer broke the protocol.
     Protocol(SessionError),
     /// The server closed it (its queue says why).
     Server(CloseReason),
     /// A publish was refused; the reply is sent before closing.
     PublishRefused,
-    /// A play was refused by a limit (named); the reply is sent before closing.
-    Refused(&'static str),
+    /// A play was refused by a limit; the reply is sent before closing.
+    Refused(Limit),
 }
 
 pub(super) async fn serve_connection(
@@ -90,7 +90,7 @@ pub(super) async fn serve_connection(
             ctx.counters.limit_tripped(refusal.limit());
             if let Some(not_logged) = ctx.refusal_log.check(Instant::now()) {
                 warn!(
-                    limit = refusal.limit(),
+                    limit = refusal.limit().name(),
                     refusals_not_logged = not_logged,
                     "connection refused (further refusals this second not logged)"
                 );
@@ -148,25 +148,29 @@ pub(super) async fn serve_connection(
             info!(error = %e, "connection closed on socket error")
         }
         Ended::Timeout(limit) => {
-            if *limit == "handshake_timeout" {
+            if *limit == Limit::HandshakeTimeoutSecs {
                 ctx.counters.handshake_timeouts.inc();
-            } else {
-                ctx.counters.limit_tripped(limit);
             }
-            warn!(limit, "closing connection: time limit reached");
+            ctx.counters.limit_tripped(*limit);
+            warn!(limit = limit.name(), "closing connection: time limit reached");
         }
         Ended::Protocol(e) => {
             if matches!(e, SessionError::Handshake(_)) {
                 ctx.counters.handshake_failures.inc();
             }
             ctx.counters.protocol_error(e.kind());
+            if let Some(limit) = admission::tripped_by(e) {
+                ctx.counters.limit_tripped(limit);
+            }
             warn!(kind = e.kind(), reason = %e, "closing connection: protocol violation");
         }
         Ended::Server(reason) => {
             info!(reason = reason.as_str(), "connection closed by server")
         }
         Ended::PublishRefused => {}
-        Ended::Refused(limit) => info!(limit, "connection closed: a limit refused it"),
+        Ended::Refused(limit) => {
+            info!(limit = limit.name(), "connection closed: a limit refused it")
+        }
     }
     // Replies already queued (a refusal, a Play.Stop) still go out, within a bound.
     queue.close(CloseReason::AfterFlush);
@@ -219,12 +223,12 @@ impl Connection {
             // Which limit bounds this read: the handshake, the wait for publish/play, or a
             // publisher's silence. A player may stay silent as long as it likes.
             let deadline = if self.session.app().is_none() {
-                Some((handshake_deadline, "handshake_timeout"))
+                Some((handshake_deadline, Limit::HandshakeTimeoutSecs))
             } else if self.publishing.is_empty() && self.playing.is_empty() {
                 let since = *connected_at.get_or_insert_with(Instant::now);
-                Some((since + limits.idle_before_play, "idle_before_play"))
+                Some((since + limits.idle_before_play, Limit::IdleBeforePlaySecs))
             } else if !self.publishing.is_empty() {
-                Some((Instant::now() + limits.publisher_idle, "publisher_idle"))
+                Some((Instant::now() + limits.publisher_idle, Limit::PublisherIdleSecs))
             } else {
                 None
             };

@@ -10,6 +10,7 @@ use tracing::{debug, info, warn, Span};
 
 use super::driver::{Connection, Ended};
 use super::within;
+use crate::metrics::Limit;
 use crate::stream::{
     CloseReason, Publication, PublishRefused, PublishStart, PublishWaiter, PublisherInfo,
     SnapshotWaiter, StreamKey, Subscriber,
@@ -92,7 +93,7 @@ impl Connection {
                 }
                 let key = self.key(&name.key);
                 if let Err(limit) = self.ctx.registry.check_play(&key) {
-                    warn!(stream = %key, limit, "play refused");
+                    warn!(stream = %key, limit = limit.name(), "play refused");
                     self.session.reject_play(
                         stream_id,
                         code::PLAY_FAILED,
@@ -166,9 +167,9 @@ impl Connection {
         if len <= self.ctx.limits.max_name_bytes {
             return Ok(());
         }
-        const LIMIT: &str = "max_stream_name_bytes";
+        const LIMIT: Limit = Limit::MaxStreamNameBytes;
         self.ctx.counters.limit_tripped(LIMIT);
-        warn!(len, limit = LIMIT, "name too long: closing the connection");
+        warn!(len, limit = LIMIT.name(), "name too long: closing the connection");
         Err(Ended::Refused(LIMIT))
     }
 

@@ -5,6 +5,7 @@
 //! for a [`ShardStats`] snapshot and merges them there.
 
 mod http;
+mod limits;
 mod prometheus;
 mod recording;
 pub mod stats;
@@ -12,6 +13,7 @@ pub mod stats;
 use std::cell::{Cell, RefCell};
 
 pub use http::{serve as serve_http, HttpError, HttpServer};
+pub use limits::{Limit, LimitCounters, LimitCounts};
 pub use recording::{RecordCounters, RecordCountersSnapshot};
 pub use stats::{DeliveryTotals, ShardStats, StreamStats, SubscriberStats};
 
@@ -84,48 +86,149 @@ impl ConnState {
     }
 }
 
-/// What one shard has done.
-#[derive(Debug, Default)]
-pub struct ShardCounters {
-    pub connections_accepted: Counter,
-    pub connections_open: Gauge,
-    /// Open connections by [`ConnState`], indexed by its discriminant.
-    connections_by_state: [Gauge; 4],
-    pub accept_errors: Counter,
-    pub handshake_failures: Counter,
-    pub handshake_timeouts: Counter,
-    pub protocol_errors: Counter,
-    pub publishes: Counter,
-    pub publishes_rejected: Counter,
+/// How a listed counter is read for export: a counter (`_total`) or a gauge.
+#[derive(Clone, Copy)]
+enum Read {
+    Counter(fn(&CountersSnapshot) -> u64),
+    Gauge(fn(&CountersSnapshot) -> i64),
+}
+
+/// One exported shard counter: `rtmp_relay_<name>`, its help text and how to read it.
+struct Exported {
+    name: &'static str,
+    help: &'static str,
+    read: Read,
+}
+
+/// The plain value a [`Counter`] or [`Gauge`] snapshots to.
+macro_rules! value_of {
+    (Counter) => {
+        u64
+    };
+    (Gauge) => {
+        i64
+    };
+}
+
+/// Declares every scalar shard counter from one list (below), so that adding one is one line.
+///
+/// An entry is its doc comment, `field: Counter` or `field: Gauge`, and, if it is exported,
+/// `=> "Prometheus help"`; it is then exported as `rtmp_relay_<field>` (`_total` added to
+/// counters) with a `shard` label. From the list this generates the field of
+/// [`ShardCounters`], the field of [`CountersSnapshot`], its copy in
+/// [`ShardCounters::snapshot`], its sum across shards (`CountersSnapshot + CountersSnapshot`)
+/// and its entry in the table the Prometheus exporter walks. The labelled families
+/// (connections by state, protocol errors by kind, limits tripped) are written out here once.
+macro_rules! shard_counters {
+    ($(
+        $(#[doc = $doc:literal])*
+        $field:ident: $kind:ident $(=> $help:literal)?;
+    )*) => {
+        /// What one shard has done.
+        #[derive(Debug, Default)]
+        pub struct ShardCounters {
+            $( $(#[doc = $doc])* pub $field: $kind, )*
+            /// Open connections by [`ConnState`], indexed by its discriminant.
+            connections_by_state: [Gauge; 4],
+            /// Protocol errors by kind.
+            protocol_errors_by_kind: RefCell<Vec<(&'static str, u64)>>,
+            /// Trips of each [`Limit`].
+            limits_tripped: LimitCounters,
+        }
+
+        /// A plain copy of the counters, for tests and reports; `+` sums two shards'.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+        pub struct CountersSnapshot {
+            $( $(#[doc = $doc])* pub $field: value_of!($kind), )*
+            /// Open connections by state, in [`ConnState::ALL`] order.
+            pub connections_by_state: [i64; 4],
+        }
+
+        impl ShardCounters {
+            pub fn snapshot(&self) -> CountersSnapshot {
+                CountersSnapshot {
+                    $( $field: self.$field.get(), )*
+                    connections_by_state: ConnState::ALL.map(|s| self.connections_in(s).get()),
+                }
+            }
+        }
+
+        impl std::ops::Add for CountersSnapshot {
+            type Output = CountersSnapshot;
+
+            fn add(self, o: CountersSnapshot) -> CountersSnapshot {
+                CountersSnapshot {
+                    $( $field: self.$field + o.$field, )*
+                    connections_by_state: std::array::from_fn(|i| {
+                        self.connections_by_state[i] + o.connections_by_state[i]
+                    }),
+                }
+            }
+        }
+
+        impl CountersSnapshot {
+            /// The exported counters, in list order.
+            const EXPORTED: &'static [Exported] = &[
+                $($(
+                    Exported {
+                        name: stringify!($field),
+                        help: $help,
+                        read: Read::$kind(|s| s.$field),
+                    },
+                )?)*
+            ];
+        }
+    };
+}
+
+shard_counters! {
+    /// Streams this shard owns.
+    streams: Gauge => "Streams owned by the shard";
+    /// Mirrors of other shards' streams held here.
+    mirrors: Gauge => "Mirrors of other shards' streams held by the shard";
+    /// Publishing streams this shard owns.
+    publishers: Gauge => "Publishing streams owned by the shard";
+    /// Players connected to this shard.
+    subscribers: Gauge => "Players connected to the shard";
+    /// Open RTMP connections (each also in one [`ConnState`]).
+    connections_open: Gauge => "Open RTMP connections";
+    connections_accepted: Counter => "RTMP connections accepted";
+    /// Failed accepts (e.g. out of file descriptors).
+    accept_errors: Counter => "Failed accepts (e.g. out of file descriptors)";
+    handshake_failures: Counter => "Connections that failed the RTMP handshake";
+    /// Connections closed by the handshake timeout (also the limit `handshake_timeout_secs`).
+    handshake_timeouts: Counter;
+    /// Connections closed for a protocol violation (exported by kind, see
+    /// [`ShardCounters::protocol_error`]).
+    protocol_errors: Counter;
+    publishes: Counter => "Publishes accepted";
+    publishes_rejected: Counter => "Publishes refused (key already published)";
     /// Commands out of place (publish on a stream id already in use, a second connect, ...)
     /// answered with an error; the connection stayed.
-    pub commands_refused: Counter,
-    pub plays: Counter,
-    /// Streams this shard owns.
-    pub streams: Gauge,
-    /// Mirrors of other shards' streams held here.
-    pub mirrors: Gauge,
-    pub publishers: Gauge,
-    pub subscribers: Gauge,
+    commands_refused: Counter => "Commands out of place answered with an error, the connection \
+        kept (e.g. publish on a stream id already publishing)";
+    plays: Counter => "Plays started";
     /// Messages received from publishers.
-    pub messages_in: Counter,
-    pub bytes_in: Counter,
+    messages_in: Counter => "Messages received from publishers";
+    /// Payload bytes received from publishers.
+    bytes_in: Counter => "Payload bytes received from publishers";
     /// Frames queued to subscribers (one per subscriber per message).
-    pub messages_relayed: Counter,
-    pub bytes_relayed: Counter,
+    messages_relayed: Counter => "Messages queued to players (one per player per message)";
+    /// Payload bytes queued to subscribers.
+    bytes_relayed: Counter => "Payload bytes queued to players";
     /// Frames a subscriber skipped (slow-subscriber policy).
-    pub messages_dropped: Counter,
+    messages_dropped: Counter => "Messages skipped by slow players";
     /// Times a subscriber started skipping to the next keyframe.
-    pub skip_to_keyframe: Counter,
-    pub slow_subscriber_disconnects: Counter,
+    skip_to_keyframe: Counter => "Times a slow player started skipping to the next keyframe";
+    /// Players disconnected by the slow-subscriber policy (also the limits
+    /// `subscriber_hard_limit_bytes` and `subscriber_stall_secs`).
+    slow_subscriber_disconnects: Counter =>
+        "Players disconnected for falling too far behind or stalling";
     /// Players stopped because the wait for a republish ran out.
-    pub republish_wait_expired: Counter,
-    /// GOP caches dropped for outgrowing their limits.
-    pub gop_cache_overflows: Counter,
-    /// Protocol errors by kind.
-    protocol_errors_by_kind: RefCell<Vec<(&'static str, u64)>>,
-    /// Limits that tripped, by name.
-    limits_tripped: RefCell<Vec<(&'static str, u64)>>,
+    republish_wait_expired: Counter => "Players stopped because no publisher came back in time";
+    /// GOP caches dropped for outgrowing their limits (also the limits `gop_cache_max_bytes`
+    /// and `gop_cache_max_ms`).
+    gop_cache_overflows: Counter;
 }
 
 fn bump(counts: &RefCell<Vec<(&'static str, u64)>>, name: &'static str) {
@@ -152,109 +255,12 @@ impl ShardCounters {
         self.protocol_errors_by_kind.borrow().clone()
     }
 
-    /// Counts one trip of the limit `name` (as in `rtmp_relay_limits_tripped_total{limit}`).
-    pub fn limit_tripped(&self, name: &'static str) {
-        bump(&self.limits_tripped, name);
+    /// Counts one trip of `limit` (`rtmp_relay_limits_tripped_total{limit}`).
+    pub fn limit_tripped(&self, limit: Limit) {
+        self.limits_tripped.trip(limit);
     }
 
-    pub fn limits_tripped(&self) -> Vec<(&'static str, u64)> {
-        self.limits_tripped.borrow().clone()
-    }
-}
-
-/// A plain copy of the counters, for tests and reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct CountersSnapshot {
-    pub connections_accepted: u64,
-    pub connections_open: i64,
-    /// Open connections by state, in [`ConnState::ALL`] order.
-    pub connections_by_state: [i64; 4],
-    pub protocol_errors: u64,
-    pub handshake_failures: u64,
-    pub publishes: u64,
-    pub publishes_rejected: u64,
-    pub commands_refused: u64,
-    pub plays: u64,
-    pub streams: i64,
-    pub mirrors: i64,
-    pub publishers: i64,
-    pub subscribers: i64,
-    pub messages_in: u64,
-    pub bytes_in: u64,
-    pub messages_relayed: u64,
-    pub bytes_relayed: u64,
-    pub messages_dropped: u64,
-    pub skip_to_keyframe: u64,
-    pub slow_subscriber_disconnects: u64,
-    pub republish_wait_expired: u64,
-    pub accept_errors: u64,
-    pub handshake_timeouts: u64,
-    pub gop_cache_overflows: u64,
-}
-
-impl ShardCounters {
-    pub fn snapshot(&self) -> CountersSnapshot {
-        CountersSnapshot {
-            connections_accepted: self.connections_accepted.get(),
-            connections_open: self.connections_open.get(),
-            connections_by_state: ConnState::ALL.map(|state| self.connections_in(state).get()),
-            protocol_errors: self.protocol_errors.get(),
-            handshake_failures: self.handshake_failures.get(),
-            publishes: self.publishes.get(),
-            publishes_rejected: self.publishes_rejected.get(),
-            commands_refused: self.commands_refused.get(),
-            plays: self.plays.get(),
-            streams: self.streams.get(),
-            mirrors: self.mirrors.get(),
-            publishers: self.publishers.get(),
-            subscribers: self.subscribers.get(),
-            messages_in: self.messages_in.get(),
-            bytes_in: self.bytes_in.get(),
-            messages_relayed: self.messages_relayed.get(),
-            bytes_relayed: self.bytes_relayed.get(),
-            messages_dropped: self.messages_dropped.get(),
-            skip_to_keyframe: self.skip_to_keyframe.get(),
-            slow_subscriber_disconnects: self.slow_subscriber_disconnects.get(),
-            republish_wait_expired: self.republish_wait_expired.get(),
-            accept_errors: self.accept_errors.get(),
-            handshake_timeouts: self.handshake_timeouts.get(),
-            gop_cache_overflows: self.gop_cache_overflows.get(),
-        }
-    }
-}
-
-impl std::ops::Add for CountersSnapshot {
-    type Output = CountersSnapshot;
-
-    fn add(self, o: CountersSnapshot) -> CountersSnapshot {
-        CountersSnapshot {
-            connections_accepted: self.connections_accepted + o.connections_accepted,
-            connections_open: self.connections_open + o.connections_open,
-            connections_by_state: std::array::from_fn(|i| {
-                self.connections_by_state[i] + o.connections_by_state[i]
-            }),
-            protocol_errors: self.protocol_errors + o.protocol_errors,
-            handshake_failures: self.handshake_failures + o.handshake_failures,
-            publishes: self.publishes + o.publishes,
-            publishes_rejected: self.publishes_rejected + o.publishes_rejected,
-            commands_refused: self.commands_refused + o.commands_refused,
-            plays: self.plays + o.plays,
-            streams: self.streams + o.streams,
-            mirrors: self.mirrors + o.mirrors,
-            publishers: self.publishers + o.publishers,
-            subscribers: self.subscribers + o.subscribers,
-            messages_in: self.messages_in + o.messages_in,
-            bytes_in: self.bytes_in + o.bytes_in,
-            messages_relayed: self.messages_relayed + o.messages_relayed,
-            bytes_relayed: self.bytes_relayed + o.bytes_relayed,
-            messages_dropped: self.messages_dropped + o.messages_dropped,
-            skip_to_keyframe: self.skip_to_keyframe + o.skip_to_keyframe,
-            slow_subscriber_disconnects: self.slow_subscriber_disconnects
-                + o.slow_subscriber_disconnects,
-            republish_wait_expired: self.republish_wait_expired + o.republish_wait_expired,
-            accept_errors: self.accept_errors + o.accept_errors,
-            handshake_timeouts: self.handshake_timeouts + o.handshake_timeouts,
-            gop_cache_overflows: self.gop_cache_overflows + o.gop_cache_overflows,
-        }
+    pub fn limits_tripped(&self) -> LimitCounts {
+        self.limits_tripped.snapshot()
     }
 }

@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::stats::{DeliveryTotals, ShardStats, StreamStats};
-use super::ConnState;
+use super::{ConnState, CountersSnapshot, Read};
 
 type Labels = Vec<(String, String)>;
 
@@ -110,37 +110,32 @@ pub(super) fn merge_streams(shards: &[ShardStats]) -> BTreeMap<(String, String),
     merged
 }
 
+/// One series per shard of `get`.
+fn per_shard<T>(shards: &[ShardStats], get: impl Fn(&ShardStats) -> T) -> Vec<(Labels, T)> {
+    shards.iter().map(|s| (shard_label(s), get(s))).collect()
+}
+
+/// Registers the listed shard gauges (`gauges`) or counters (`!gauges`), in list order.
+fn shard_counters(f: &mut Families, shards: &[ShardStats], gauges: bool) {
+    for field in CountersSnapshot::EXPORTED {
+        match field.read {
+            Read::Gauge(read) if gauges => {
+                f.gauge(field.name, field.help, per_shard(shards, |s| read(&s.counters)))
+            }
+            Read::Counter(read) if !gauges => {
+                f.counter(field.name, field.help, per_shard(shards, |s| read(&s.counters)))
+            }
+            Read::Gauge(_) | Read::Counter(_) => {}
+        }
+    }
+}
+
 /// Renders the Prometheus text exposition of `shards`.
 pub fn render(shards: &[ShardStats]) -> String {
     let mut f = Families { registry: Registry::with_prefix("rtmp_relay") };
-    let per_shard = |get: fn(&ShardStats) -> u64| -> Vec<(Labels, u64)> {
-        shards.iter().map(|s| (shard_label(s), get(s))).collect()
-    };
-    let per_shard_gauge = |get: fn(&ShardStats) -> i64| -> Vec<(Labels, i64)> {
-        shards.iter().map(|s| (shard_label(s), get(s))).collect()
-    };
 
-    f.gauge("streams", "Streams owned by the shard", per_shard_gauge(|s| s.counters.streams));
-    f.gauge(
-        "mirrors",
-        "Mirrors of other shards' streams held by the shard",
-        per_shard_gauge(|s| s.counters.mirrors),
-    );
-    f.gauge(
-        "publishers",
-        "Publishing streams owned by the shard",
-        per_shard_gauge(|s| s.counters.publishers),
-    );
-    f.gauge(
-        "subscribers",
-        "Players connected to the shard",
-        per_shard_gauge(|s| s.counters.subscribers),
-    );
-    f.gauge(
-        "connections_open",
-        "Open RTMP connections",
-        per_shard_gauge(|s| s.counters.connections_open),
-    );
+    // The shard gauges, connections by state, then the shard counters.
+    shard_counters(&mut f, shards, true);
     let mut by_state = Vec::new();
     for shard in shards {
         for (state, count) in ConnState::ALL.iter().zip(shard.counters.connections_by_state) {
@@ -156,104 +151,37 @@ pub fn render(shards: &[ShardStats]) -> String {
          (neither publishing nor playing), publishing, playing",
         by_state,
     );
-    f.counter(
-        "connections_accepted",
-        "RTMP connections accepted",
-        per_shard(|s| s.counters.connections_accepted),
-    );
-    f.counter(
-        "accept_errors",
-        "Failed accepts (e.g. out of file descriptors)",
-        per_shard(|s| s.counters.accept_errors),
-    );
-    f.counter(
-        "handshake_failures",
-        "Connections that failed the RTMP handshake",
-        per_shard(|s| s.counters.handshake_failures),
-    );
-    f.counter("publishes", "Publishes accepted", per_shard(|s| s.counters.publishes));
-    f.counter(
-        "publishes_rejected",
-        "Publishes refused (key already published)",
-        per_shard(|s| s.counters.publishes_rejected),
-    );
-    f.counter(
-        "commands_refused",
-        "Commands out of place answered with an error, the connection kept (e.g. publish on a \
-         stream id already publishing)",
-        per_shard(|s| s.counters.commands_refused),
-    );
-    f.counter("plays", "Plays started", per_shard(|s| s.counters.plays));
-    f.counter(
-        "messages_in",
-        "Messages received from publishers",
-        per_shard(|s| s.counters.messages_in),
-    );
-    f.counter(
-        "bytes_in",
-        "Payload bytes received from publishers",
-        per_shard(|s| s.counters.bytes_in),
-    );
-    f.counter(
-        "messages_relayed",
-        "Messages queued to players (one per player per message)",
-        per_shard(|s| s.counters.messages_relayed),
-    );
-    f.counter(
-        "bytes_relayed",
-        "Payload bytes queued to players",
-        per_shard(|s| s.counters.bytes_relayed),
-    );
-    f.counter(
-        "messages_dropped",
-        "Messages skipped by slow players",
-        per_shard(|s| s.counters.messages_dropped),
-    );
-    f.counter(
-        "skip_to_keyframe",
-        "Times a slow player started skipping to the next keyframe",
-        per_shard(|s| s.counters.skip_to_keyframe),
-    );
-    f.counter(
-        "slow_subscriber_disconnects",
-        "Players disconnected for falling too far behind or stalling",
-        per_shard(|s| s.counters.slow_subscriber_disconnects),
-    );
-    f.counter(
-        "republish_wait_expired",
-        "Players stopped because no publisher came back in time",
-        per_shard(|s| s.counters.republish_wait_expired),
-    );
+    shard_counters(&mut f, shards, false);
 
     f.gauge(
         "recordings_active",
         "Recordings writing now",
-        per_shard_gauge(|s| s.recording.recordings_active),
+        per_shard(shards, |s| s.recording.recordings_active),
     );
     f.counter(
         "recordings_started",
         "Recordings started (one per recorded publish)",
-        per_shard(|s| s.recording.recordings_started),
+        per_shard(shards, |s| s.recording.recordings_started),
     );
     f.counter(
         "recording_files_opened",
         "Recording files created (segments count one each)",
-        per_shard(|s| s.recording.files_opened),
+        per_shard(shards, |s| s.recording.files_opened),
     );
     f.counter(
         "recording_bytes",
         "Bytes written to recording files",
-        per_shard(|s| s.recording.recording_bytes),
+        per_shard(shards, |s| s.recording.recording_bytes),
     );
     f.counter(
         "recording_errors",
         "Recordings stopped by an error (write failure, full disk, disk too slow)",
-        per_shard(|s| s.recording.recording_errors),
+        per_shard(shards, |s| s.recording.recording_errors),
     );
     f.counter(
         "recording_unsafe_keys",
         "Publishes not recorded because their key cannot be a safe file name",
-        per_shard(|s| s.recording.unsafe_keys_refused),
+        per_shard(shards, |s| s.recording.unsafe_keys_refused),
     );
 
     let mut errors = Vec::new();
@@ -267,31 +195,14 @@ pub fn render(shards: &[ShardStats]) -> String {
     }
     f.counter("protocol_errors", "Connections closed for a protocol violation, by kind", errors);
 
-    // Limits: each named, each counted when it trips.
+    // Every limit, tripped or not, named after its flag.
     let mut limits = Vec::new();
     for shard in shards {
-        let mut add = |name: &str, value: u64| {
+        for (limit, count) in shard.limits.iter() {
             limits.push((
-                labels(&[("shard", shard.shard.to_string()), ("limit", name.to_owned())]),
-                value,
+                labels(&[("shard", shard.shard.to_string()), ("limit", limit.name().to_owned())]),
+                count,
             ));
-        };
-        add("handshake_timeout", shard.counters.handshake_timeouts);
-        add("gop_cache", shard.counters.gop_cache_overflows);
-        add("subscriber_queue", shard.counters.slow_subscriber_disconnects);
-        for kind in [
-            "message_too_long",
-            "too_many_chunk_streams",
-            "partial_bytes_exceeded",
-            "too_many_message_streams",
-        ] {
-            add(
-                kind,
-                shard.protocol_errors.iter().filter(|(k, _)| *k == kind).map(|(_, n)| n).sum(),
-            );
-        }
-        for (name, count) in &shard.limits {
-            add(name, *count);
         }
     }
     f.counter("limits_tripped", "Limits that tripped, by name", limits);

@@ -27,8 +27,8 @@ pub struct ShardStats {
     pub counters: CountersSnapshot,
     /// Protocol errors by kind (`SessionError::kind`).
     pub protocol_errors: Vec<(&'static str, u64)>,
-    /// Limits that tripped, by name (besides those counted as protocol errors).
-    pub limits: Vec<(&'static str, u64)>,
+    /// How many times each limit tripped.
+    pub limits: super::LimitCounts,
     /// This shard's recordings.
     pub recording: super::RecordCountersSnapshot,
     /// Per peer shard: (messages sent to it, received from it, media dropped to it).

@@ -23,7 +23,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::config::Config;
 use crate::conn::{self, ConnContext};
-use crate::metrics::{CountersSnapshot, HttpServer, ShardCounters, ShardStats};
+use crate::metrics::{CountersSnapshot, HttpServer, Limit, LimitCounts, ShardCounters, ShardStats};
 use crate::stream::{PeerOutbox, Registry, ShardMessage, StreamKey};
 use crate::telemetry::LogLimiter;
 
@@ -69,8 +69,8 @@ pub struct ShardSnapshot {
     pub counters: CountersSnapshot,
     /// Per peer shard: (messages sent to it, messages received from it, media dropped to it).
     pub mesh: Vec<(u64, u64, u64)>,
-    /// Limits that tripped, by name (as in `rtmp_relay_limits_tripped_total{limit}`).
-    pub limits: Vec<(&'static str, u64)>,
+    /// How many times each limit tripped (`rtmp_relay_limits_tripped_total{limit}`).
+    pub limits: LimitCounts,
     /// Connections closed for a protocol violation, by kind (`SessionError::kind`).
     pub protocol_errors: Vec<(&'static str, u64)>,
 }
@@ -154,10 +154,9 @@ impl ServerHandle {
             .fold(CountersSnapshot::default(), |total, s| total + s.counters)
     }
 
-    /// How many times the limit `name` tripped, all shards together.
-    pub fn limit_trips(&self, name: &str) -> u64 {
-        let snapshots = self.shard_snapshots();
-        snapshots.iter().flat_map(|s| &s.limits).filter(|(n, _)| *n == name).map(|(_, c)| c).sum()
+    /// How many times `limit` tripped, all shards together.
+    pub fn limit_trips(&self, limit: Limit) -> u64 {
+        self.shard_snapshots().iter().map(|s| s.limits.get(limit)).sum()
     }
 
     /// How many connections were closed for a protocol violation of `kind`, all shards together.
@@ -374,7 +373,7 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
                     shard: thread_index,
                     counters: CountersSnapshot::default(),
                     mesh: Vec::new(),
-                    limits: Vec::new(),
+                    limits: LimitCounts::default(),
                     protocol_errors: Vec::new(),
                 };
                 wait_for_shutdown(&control, starting, || None).await;

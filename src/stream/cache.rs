@@ -14,6 +14,7 @@ use rtmp_proto::session::MediaKind;
 use rtmp_proto::time::RtmpTimestamp;
 
 use crate::frame::{Frame, FrameClass};
+use crate::metrics::Limit;
 
 /// Bounds on one stream's GOP cache.
 #[derive(Debug, Clone, Copy)]
@@ -36,8 +37,6 @@ pub struct LateJoinCache {
     gop_first: [Option<RtmpTimestamp>; 2],
     /// False from an overflow (or a codec change) until the next keyframe.
     caching: bool,
-    /// How many times the GOP outgrew its limits (for the metrics).
-    overflows: u64,
 }
 
 impl LateJoinCache {
@@ -51,12 +50,12 @@ impl LateJoinCache {
             gop_bytes: 0,
             gop_first: [None; 2],
             caching: false,
-            overflows: 0,
         }
     }
 
-    /// Takes note of one published frame.
-    pub fn on_frame(&mut self, frame: &Rc<Frame>) {
+    /// Takes note of one published frame. Returns the limit the GOP outgrew, if this frame
+    /// made it overflow (the GOP is then dropped).
+    pub fn on_frame(&mut self, frame: &Rc<Frame>) -> Option<Limit> {
         match frame.class {
             FrameClass::Metadata => self.metadata = Some(frame.clone()),
             FrameClass::SequenceHeader if frame.kind == MediaKind::Video => {
@@ -71,23 +70,29 @@ impl LateJoinCache {
             FrameClass::Keyframe => {
                 self.drop_gop();
                 self.caching = true;
-                self.push(frame);
+                return self.push(frame);
             }
-            FrameClass::InterFrame | FrameClass::Audio if self.caching => self.push(frame),
+            FrameClass::InterFrame | FrameClass::Audio if self.caching => return self.push(frame),
             FrameClass::InterFrame | FrameClass::Audio | FrameClass::Data => {}
         }
+        None
     }
 
-    fn push(&mut self, frame: &Rc<Frame>) {
+    fn push(&mut self, frame: &Rc<Frame>) -> Option<Limit> {
         self.gop_bytes += frame.len();
         self.gop.push_back(frame.clone());
         let first = self.gop_first[usize::from(frame.kind == MediaKind::Video)]
             .get_or_insert(frame.timestamp);
         let span = frame.timestamp.signed_since(*first).max(0) as u32;
-        if self.gop_bytes > self.limits.max_bytes || span > self.limits.max_ms {
-            self.overflows += 1;
-            self.drop_gop();
-        }
+        let outgrown = if self.gop_bytes > self.limits.max_bytes {
+            Limit::GopCacheMaxBytes
+        } else if span > self.limits.max_ms {
+            Limit::GopCacheMaxMs
+        } else {
+            return None;
+        };
+        self.drop_gop();
+        Some(outgrown)
     }
 
     fn drop_gop(&mut self) {
@@ -112,10 +117,6 @@ impl LateJoinCache {
 
     pub fn gop_frames(&self) -> usize {
         self.gop.len()
-    }
-
-    pub fn overflows(&self) -> u64 {
-        self.overflows
     }
 
     /// What a late joiner is sent, in order: metadata, audio sequence header, video sequence
@@ -201,11 +202,10 @@ mod tests {
         cache.on_frame(&frame(MediaKind::Video, 10, KEY));
         cache.on_frame(&frame(MediaKind::Video, 20, INTER));
         assert_eq!(cache.gop_frames(), 2);
-        for ts in 30..40 {
-            cache.on_frame(&frame(MediaKind::Video, ts, INTER));
-        }
+        let overflows: Vec<_> =
+            (30..40).filter_map(|ts| cache.on_frame(&frame(MediaKind::Video, ts, INTER))).collect();
         assert_eq!(cache.gop_frames(), 0, "over max_bytes the GOP is dropped");
-        assert_eq!(cache.overflows(), 1);
+        assert_eq!(overflows, [Limit::GopCacheMaxBytes]);
         cache.on_frame(&frame(MediaKind::Video, 50, INTER));
         assert_eq!(cache.gop_frames(), 0, "no caching until the next keyframe");
         cache.on_frame(&frame(MediaKind::Video, 60, KEY));
@@ -218,7 +218,8 @@ mod tests {
         cache.on_frame(&frame(MediaKind::Video, 0, KEY));
         cache.on_frame(&frame(MediaKind::Video, 999, INTER));
         assert_eq!(cache.gop_frames(), 2);
-        cache.on_frame(&frame(MediaKind::Video, 1001, INTER));
+        let overflow = cache.on_frame(&frame(MediaKind::Video, 1001, INTER));
+        assert_eq!(overflow, Some(Limit::GopCacheMaxMs));
         assert_eq!(cache.gop_frames(), 0);
 
         cache.on_frame(&frame(MediaKind::Video, 0, AVC_HEADER));

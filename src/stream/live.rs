@@ -232,10 +232,9 @@ impl Stream {
         if let Some(recorder) = state.recorder.as_mut() {
             recorder.write(&frame);
         }
-        let overflows = state.cache.overflows();
-        state.cache.on_frame(&frame);
-        if state.cache.overflows() != overflows {
+        if let Some(limit) = state.cache.on_frame(&frame) {
             counters.gop_cache_overflows.inc();
+            counters.limit_tripped(limit);
         }
         for subscriber in &state.subscribers {
             subscriber.deliver(&frame, now, settings, counters);

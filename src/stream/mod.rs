@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use rtmp_proto::chunk::ChunkEncoder;
 
+use crate::metrics::Limit;
 use crate::record::RecordConfig;
 
 pub use crate::frame::{Frame, FrameClass, PLAY_STREAM_ID};
@@ -111,8 +112,8 @@ pub trait Liveness: fmt::Debug {
 pub enum PublishRefused {
     /// Someone publishes this key already; the first publisher keeps it.
     AlreadyPublishing { by: SocketAddr },
-    /// A limit (named) refuses a new stream.
-    Limit(&'static str),
+    /// A limit refuses a new stream.
+    Limit(Limit),
 }
 
 impl fmt::Display for PublishRefused {

@@ -11,7 +11,7 @@ use tracing::warn;
 use super::queue::{CloseReason, OutQueue};
 use super::RelaySettings;
 use crate::frame::{Frame, FrameClass, PLAY_STREAM_ID};
-use crate::metrics::{DeliveryTotals, ShardCounters};
+use crate::metrics::{DeliveryTotals, Limit, ShardCounters};
 use crate::telemetry::LogLimiter;
 
 /// At most one "skipping" line per player per this interval. A player that keeps falling
@@ -137,11 +137,11 @@ impl Subscriber {
             return;
         }
         if self.queue.queued_bytes() > settings.hard_queue_bytes {
-            self.disconnect(CloseReason::HardLimit, counters);
+            self.disconnect(CloseReason::HardLimit, Limit::SubscriberHardLimitBytes, counters);
             return;
         }
         if self.queue.stalled_for(now) > settings.stall {
-            self.disconnect(CloseReason::Stalled, counters);
+            self.disconnect(CloseReason::Stalled, Limit::SubscriberStallSecs, counters);
             return;
         }
         let is_video = !frame.survives_skip();
@@ -187,14 +187,16 @@ impl Subscriber {
         counters.messages_dropped.inc();
     }
 
-    fn disconnect(&self, reason: CloseReason, counters: &ShardCounters) {
+    fn disconnect(&self, reason: CloseReason, limit: Limit, counters: &ShardCounters) {
         counters.slow_subscriber_disconnects.inc();
+        counters.limit_tripped(limit);
         bump(&self.delivery.slow_subscriber_disconnects, 1);
         warn!(
             peer = %self.peer,
             conn = self.conn_id,
             queued_bytes = self.queue.queued_bytes(),
             reason = reason.as_str(),
+            limit = limit.name(),
             "disconnecting slow subscriber"
         );
         self.queue.close(reason);
@@ -308,5 +310,33 @@ mod tests {
         assert_eq!(lines[0]["fields"]["skips_not_logged"], 0);
         assert_eq!(lines[1]["fields"]["skips_not_logged"], 50, "the second line counts the rest");
         assert_eq!(lines[1]["fields"]["conn"], 7);
+    }
+
+    #[test]
+    fn the_hard_limit_and_a_stall_each_trip_their_own_limit() {
+        let settings =
+            RelaySettings { hard_queue_bytes: 20, stall: Duration::from_secs(1), ..settings() };
+        let counters = ShardCounters::default();
+        let start = Instant::now();
+        let player = |conn_id| {
+            let queue = Rc::new(OutQueue::new(start));
+            Subscriber::new(conn_id, "127.0.0.1:5000".parse().unwrap(), PLAY_STREAM_ID, queue)
+        };
+        // Nothing written: the queue outgrows 20 bytes.
+        let full = player(1);
+        for timestamp in 0..10 {
+            full.deliver(&video(timestamp, timestamp == 0), start, &settings, &counters);
+        }
+        assert_eq!(full.queue.close_reason(), Some(CloseReason::HardLimit));
+        // One frame, then nothing written for over a second.
+        let stuck = player(2);
+        stuck.deliver(&video(0, true), start, &settings, &counters);
+        stuck.deliver(&video(40, false), start + Duration::from_secs(2), &settings, &counters);
+        assert_eq!(stuck.queue.close_reason(), Some(CloseReason::Stalled));
+
+        assert_eq!(counters.slow_subscriber_disconnects.get(), 2);
+        let limits = counters.limits_tripped();
+        assert_eq!(limits.get(Limit::SubscriberHardLimitBytes), 1);
+        assert_eq!(limits.get(Limit::SubscriberStallSecs), 1);
     }
 }

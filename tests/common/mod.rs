@@ -420,6 +420,12 @@ impl Metrics {
             })
             .sum()
     }
+
+    /// Every value the label `label` takes in the samples of `name`.
+    pub fn label_values(&self, name: &str, label: &str) -> std::collections::BTreeSet<String> {
+        let samples = self.0.samples.iter().filter(|s| s.metric == name);
+        samples.filter_map(|s| s.labels.get(label).map(str::to_owned)).collect()
+    }
 }
 
 /// The real binary (`rtmp-relay`, two shards) logging JSON to stdout, killed when dropped.

@@ -31,7 +31,7 @@ use super::live::{notify_all, Stream};
 use super::shard::{owner_of, PeerOutbox, PublishWaiter, ShardMessage, SnapshotWaiter};
 use super::subscriber::Subscriber;
 use super::{CloseReason, Liveness, RelaySettings, StreamKey};
-use crate::metrics::{Counter, ShardCounters, ShardStats};
+use crate::metrics::{Counter, Limit, ShardCounters, ShardStats};
 use crate::record::RecordCounters;
 
 /// The streams of one shard.
@@ -159,13 +159,13 @@ impl Registry {
     }
 
     /// The stream of `key`, created if new, unless this shard holds `max_streams` already.
-    fn get_or_create(&self, key: StreamKey, now: Instant) -> Result<Rc<Stream>, &'static str> {
+    fn get_or_create(&self, key: StreamKey, now: Instant) -> Result<Rc<Stream>, Limit> {
         if let Some(stream) = self.get(&key) {
             return Ok(stream);
         }
         if self.stream_count() >= self.settings.max_streams {
-            self.counters.limit_tripped("max_streams_per_shard");
-            return Err("max_streams_per_shard");
+            self.counters.limit_tripped(Limit::MaxStreamsPerShard);
+            return Err(Limit::MaxStreamsPerShard);
         }
         let owner = self.owner_of(&key);
         let mirror = owner != self.shard_id;
@@ -209,12 +209,12 @@ impl Registry {
 
     /// Whether a player may join `key` now; `Err` names the limit that refuses it (and counts
     /// it). Checked before the play is answered, so a refused player hears why.
-    pub fn check_play(&self, key: &StreamKey) -> Result<(), &'static str> {
+    pub fn check_play(&self, key: &StreamKey) -> Result<(), Limit> {
         let refused = match self.get(key) {
             Some(stream) if stream.subscriber_count() >= self.settings.max_subscribers => {
-                "max_subscribers_per_stream"
+                Limit::MaxSubscribersPerStream
             }
-            None if self.stream_count() >= self.settings.max_streams => "max_streams_per_shard",
+            None if self.stream_count() >= self.settings.max_streams => Limit::MaxStreamsPerShard,
             _ => return Ok(()),
         };
         self.counters.limit_tripped(refused);
@@ -234,7 +234,7 @@ impl Registry {
         &self,
         key: &StreamKey,
         now: Instant,
-    ) -> Result<Option<Rc<SnapshotWaiter>>, &'static str> {
+    ) -> Result<Option<Rc<SnapshotWaiter>>, Limit> {
         if self.owns(key) {
             return Ok(None);
         }
@@ -271,7 +271,7 @@ impl Registry {
         key: StreamKey,
         subscriber: Rc<Subscriber>,
         now: Instant,
-    ) -> Result<Rc<Stream>, &'static str> {
+    ) -> Result<Rc<Stream>, Limit> {
         let stream = self.get_or_create(key, now)?;
         stream.add_subscriber(subscriber, now, &self.settings);
         self.counters.plays.inc();
