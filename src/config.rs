@@ -95,16 +95,16 @@ pub struct Config {
     /// How far behind live (milliseconds of media queued) a player may fall before it skips to
     /// the next keyframe. Audio and sequence headers are still delivered while it skips. Must
     /// exceed --gop-cache-max-ms, since a late joiner starts one GOP behind.
-    #[arg(long, default_value_t = 8_000)]
-    pub subscriber_soft_lag_ms: u32,
+    #[arg(long, alias = "subscriber-soft-lag-ms", default_value_t = 8_000)]
+    pub player_soft_lag_ms: u32,
 
     /// Queued bytes for one player above which it is disconnected.
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
-    pub subscriber_hard_limit_bytes: usize,
+    #[arg(long, alias = "subscriber-hard-limit-bytes", default_value_t = 64 * 1024 * 1024)]
+    pub player_hard_limit_bytes: usize,
 
     /// Seconds a player may make no write progress, with data queued, before it is disconnected.
-    #[arg(long, default_value_t = 15)]
-    pub subscriber_stall_secs: u64,
+    #[arg(long, alias = "subscriber-stall-secs", default_value_t = 15)]
+    pub player_stall_secs: u64,
 
     /// Kernel send buffer for players' sockets, in bytes (Linux doubles it); 0 keeps kernel
     /// autotuning. Autotuning grows it to several MiB, which hides a slow player from the relay
@@ -150,8 +150,8 @@ pub struct Config {
     pub max_streams_per_shard: usize,
 
     /// Most players of one stream on one shard.
-    #[arg(long, default_value_t = 10_000)]
-    pub max_subscribers_per_stream: usize,
+    #[arg(long, alias = "max-subscribers-per-stream", default_value_t = 10_000)]
+    pub max_players_per_stream: usize,
 
     /// Longest app name or stream key accepted, in bytes. Names end up in log lines, metric
     /// labels, map keys and file names; real keys are a few dozen bytes.
@@ -317,11 +317,11 @@ pub struct ConfigError(String);
 impl Config {
     /// Checks relations between knobs that clap cannot see one at a time.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.subscriber_soft_lag_ms <= self.gop_cache_max_ms {
+        if self.player_soft_lag_ms <= self.gop_cache_max_ms {
             return Err(ConfigError(format!(
-                "--subscriber-soft-lag-ms ({}) must exceed --gop-cache-max-ms ({}): late joiners \
+                "--player-soft-lag-ms ({}) must exceed --gop-cache-max-ms ({}): late joiners \
                  start one cached GOP behind live",
-                self.subscriber_soft_lag_ms, self.gop_cache_max_ms
+                self.player_soft_lag_ms, self.gop_cache_max_ms
             )));
         }
         if let Some(record) = self.record_config() {
@@ -348,8 +348,8 @@ impl Config {
         }
     }
 
-    pub fn subscriber_stall(&self) -> Duration {
-        Duration::from_secs(self.subscriber_stall_secs)
+    pub fn player_stall(&self) -> Duration {
+        Duration::from_secs(self.player_stall_secs)
     }
 
     pub fn republish_wait(&self) -> Duration {
@@ -400,12 +400,12 @@ impl Config {
                 max_bytes: self.gop_cache_max_bytes,
                 max_ms: self.gop_cache_max_ms,
             },
-            soft_lag_ms: self.subscriber_soft_lag_ms,
-            hard_queue_bytes: self.subscriber_hard_limit_bytes,
-            stall: self.subscriber_stall(),
+            soft_lag_ms: self.player_soft_lag_ms,
+            hard_queue_bytes: self.player_hard_limit_bytes,
+            stall: self.player_stall(),
             republish_wait: self.republish_wait(),
             max_streams: self.max_streams_per_shard,
-            max_subscribers: self.max_subscribers_per_stream,
+            max_subscribers: self.max_players_per_stream,
             record: self.record_config().map(std::rc::Rc::new),
             record_apps: self.record_apps.clone().into(),
         }
@@ -446,12 +446,27 @@ mod tests {
     fn soft_lag_must_exceed_the_cached_gop() {
         let config = Config::parse_from([
             "rtmp-relay",
-            "--subscriber-soft-lag-ms",
+            "--player-soft-lag-ms",
             "1000",
             "--gop-cache-max-ms",
             "2000",
         ]);
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn the_old_subscriber_flag_names_still_work() {
+        let config = Config::parse_from([
+            "rtmp-relay",
+            "--subscriber-soft-lag-ms=9000",
+            "--subscriber-hard-limit-bytes=1048576",
+            "--subscriber-stall-secs=7",
+            "--max-subscribers-per-stream=12",
+        ]);
+        assert_eq!(config.player_soft_lag_ms, 9000);
+        assert_eq!(config.player_hard_limit_bytes, 1 << 20);
+        assert_eq!(config.player_stall_secs, 7);
+        assert_eq!(config.max_players_per_stream, 12);
     }
 
     fn temp_file(name: &str, text: &str) -> std::path::PathBuf {

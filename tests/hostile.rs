@@ -6,7 +6,7 @@
 //!
 //! Plus one test for each limit that trips on a well-formed but unwelcome client:
 //! `idle_before_play_secs`, `publisher_idle_secs`, `max_streams_per_shard`,
-//! `max_subscribers_per_stream`, `max_connections`.
+//! `max_players_per_stream`, `max_connections`.
 
 mod common;
 
@@ -981,9 +981,9 @@ fn a_player_that_never_reads_is_disconnected_and_others_are_unaffected() {
     let _shared = shared();
     let server = start_server(|c| {
         c.shards = Some(1); // the players see every frame from the first
-        c.subscriber_hard_limit_bytes = 4 * 1024 * 1024;
+        c.player_hard_limit_bytes = 4 * 1024 * 1024;
         c.player_send_buffer_bytes = 32 * 1024;
-        c.subscriber_stall_secs = 60;
+        c.player_stall_secs = 60;
     });
     let addr = server.local_addr();
     let key = fresh_key("never-reads");
@@ -1252,11 +1252,11 @@ fn max_streams_per_shard_refuses_publish_and_play_of_new_keys() {
 }
 
 #[test]
-fn max_subscribers_per_stream_refuses_the_next_player_only() {
+fn max_players_per_stream_refuses_the_next_player_only() {
     let _shared = shared();
     let server = start_server(|c| {
         c.shards = Some(1);
-        c.max_subscribers_per_stream = 2;
+        c.max_players_per_stream = 2;
     });
     let addr = server.local_addr();
     let key = fresh_key("crowded");
@@ -1272,9 +1272,9 @@ fn max_subscribers_per_stream_refuses_the_next_player_only() {
     let mut third = Client::connect(addr, "live");
     let (code, description) = play_status(&mut third, &key);
     assert_eq!(code, "NetStream.Play.Failed");
-    assert!(description.contains("max_subscribers_per_stream"), "{description}");
+    assert!(description.contains("max_players_per_stream"), "{description}");
     assert!(third.wait_closed(WAIT));
-    assert_eq!(server.limit_trips(Limit::MaxSubscribersPerStream), 1);
+    assert_eq!(server.limit_trips(Limit::MaxPlayersPerStream), 1);
     let frame = video_frame(1, true, 20_000);
     publisher.send(MediaKind::Video, 0, &frame);
     for player in &mut players {

@@ -147,7 +147,7 @@ fn a_slow_player_shows_in_drops_and_lag() {
     let server = start_server(|c| {
         c.shards = Some(1);
         c.gop_cache_max_ms = 100;
-        c.subscriber_soft_lag_ms = 500;
+        c.player_soft_lag_ms = 500;
     });
     let http = server.http_addr().expect("control plane runs");
     let mut publisher = Client::connect(server.local_addr(), "live");
@@ -243,9 +243,9 @@ fn stream_out_counters_keep_what_players_who_left_were_sent() {
 fn a_disconnected_slow_player_is_counted_on_its_stream() {
     let server = start_server(|c| {
         c.shards = Some(1);
-        c.subscriber_hard_limit_bytes = 1024 * 1024;
+        c.player_hard_limit_bytes = 1024 * 1024;
         // Far behind before it skips, so its queue reaches the hard limit quickly.
-        c.subscriber_soft_lag_ms = 600_000;
+        c.player_soft_lag_ms = 600_000;
         // Ten 100 KB frames outgrow the GOP cache.
         c.gop_cache_max_bytes = 1000 * 1000;
     });
@@ -264,8 +264,8 @@ fn a_disconnected_slow_player_is_counted_on_its_stream() {
     assert_eq!(m.sum("rtmp_relay_stream_subscribers", &stream), 0.0);
     assert_eq!(m.sum("rtmp_relay_stream_slow_subscriber_disconnects_total", &stream), 1.0);
     let tripped = |limit| m.sum("rtmp_relay_limits_tripped_total", &[("limit", limit)]);
-    assert_eq!(tripped("subscriber_hard_limit_bytes"), 1.0);
-    assert_eq!(tripped("subscriber_stall_secs"), 0.0);
+    assert_eq!(tripped("player_hard_limit_bytes"), 1.0);
+    assert_eq!(tripped("player_stall_secs"), 0.0);
     assert!(tripped("gop_cache_max_bytes") >= 1.0);
     assert!(m.sum("rtmp_relay_stream_messages_out_total", &stream) > 0.0);
     assert_eq!(m.sum("rtmp_relay_stream_players_queued_bytes", &stream), 0.0);

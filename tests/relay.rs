@@ -262,8 +262,8 @@ fn a_clean_unpublish_notifies_players_like_a_disconnect() {
 fn a_player_that_stops_reading_does_not_delay_the_others() {
     // A small hard limit so the stalled player is cut off quickly and memory stays bounded.
     let server = start_server(|c| {
-        c.subscriber_hard_limit_bytes = 4 * 1024 * 1024;
-        c.subscriber_stall_secs = 60;
+        c.player_hard_limit_bytes = 4 * 1024 * 1024;
+        c.player_stall_secs = 60;
     });
     let mut publisher = Client::connect(server.local_addr(), "live");
     publisher.publish("slow");

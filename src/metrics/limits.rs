@@ -57,20 +57,20 @@ limits! {
     /// `--max-streams-per-shard`: a publish or play would create one stream too many on its
     /// shard; refused.
     MaxStreamsPerShard => "max_streams_per_shard",
-    /// `--max-subscribers-per-stream`: a stream has as many players on this shard as allowed;
+    /// `--max-players-per-stream`: a stream has as many players on this shard as allowed;
     /// the play is refused.
-    MaxSubscribersPerStream => "max_subscribers_per_stream",
+    MaxPlayersPerStream => "max_players_per_stream",
     /// `--gop-cache-max-bytes`: a stream's cached GOP outgrew its bytes; the cache waits for
     /// the next keyframe.
     GopCacheMaxBytes => "gop_cache_max_bytes",
     /// `--gop-cache-max-ms`: a stream's cached GOP outgrew its duration; the cache waits for
     /// the next keyframe.
     GopCacheMaxMs => "gop_cache_max_ms",
-    /// `--subscriber-hard-limit-bytes`: a player with this much queued; disconnected.
-    SubscriberHardLimitBytes => "subscriber_hard_limit_bytes",
-    /// `--subscriber-stall-secs`: a player whose socket took nothing for this long;
+    /// `--player-hard-limit-bytes`: a player with this much queued; disconnected.
+    PlayerHardLimitBytes => "player_hard_limit_bytes",
+    /// `--player-stall-secs`: a player whose socket took nothing for this long;
     /// disconnected.
-    SubscriberStallSecs => "subscriber_stall_secs",
+    PlayerStallSecs => "player_stall_secs",
     /// `--max-message-bytes`: a message declared longer; the connection is closed (also
     /// counted as the protocol error `message_too_long`).
     MaxMessageBytes => "max_message_bytes",

@@ -221,7 +221,7 @@ shard_counters! {
     /// Times a subscriber started skipping to the next keyframe.
     skip_to_keyframe: Counter => "Times a slow player started skipping to the next keyframe";
     /// Players disconnected by the slow-subscriber policy (also the limits
-    /// `subscriber_hard_limit_bytes` and `subscriber_stall_secs`).
+    /// `player_hard_limit_bytes` and `player_stall_secs`).
     slow_subscriber_disconnects: Counter =>
         "Players disconnected for falling too far behind or stalling";
     /// Players stopped because the wait for a republish ran out.

@@ -31,7 +31,7 @@ pub struct ShardStats {
     pub limits: super::LimitCounts,
     /// This shard's recordings.
     pub recording: super::RecordCountersSnapshot,
-    /// Per peer shard: (messages sent to it, received from it, media dropped to it).
+    /// Per other shard: (messages sent to it, received from it, media dropped to it).
     pub mesh: Vec<(u64, u64, u64)>,
     pub streams: Vec<StreamStats>,
 }

@@ -4,7 +4,7 @@
 //! with its own SO_REUSEPORT listener on the same address, its own [`Registry`] and its own
 //! counters. Shards share nothing mutable: they talk only through glommio's channel mesh, one
 //! bounded SPSC channel per ordered pair of shards. Each shard drains its per-peer
-//! [`PeerOutbox`]es into the mesh and feeds what it receives to its registry.
+//! [`ShardOutbox`]es into the mesh and feeds what it receives to its registry.
 //!
 //! The controlling thread (the binary's main thread, or a test) talks to shards through
 //! [`ServerHandle`]: snapshot requests and shutdown, polled by each shard off the media path.
@@ -24,7 +24,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 use crate::config::Config;
 use crate::conn::{self, ConnContext};
 use crate::metrics::{CountersSnapshot, HttpServer, Limit, LimitCounts, ShardCounters, ShardStats};
-use crate::stream::{PeerOutbox, Registry, ShardMessage, StreamKey};
+use crate::stream::{Registry, ShardMessage, ShardOutbox, StreamKey};
 use crate::telemetry::LogLimiter;
 
 /// How often a shard looks at control requests and expires waiting players.
@@ -67,7 +67,7 @@ fn gather_stats(controls: &[mpsc::Sender<Control>]) -> Option<Vec<ShardStats>> {
 pub struct ShardSnapshot {
     pub shard: usize,
     pub counters: CountersSnapshot,
-    /// Per peer shard: (messages sent to it, messages received from it, media dropped to it).
+    /// Per other shard: (messages sent to it, messages received from it, media dropped to it).
     pub mesh: Vec<(u64, u64, u64)>,
     /// How many times each limit tripped (`rtmp_relay_limits_tripped_total{limit}`).
     pub limits: LimitCounts,
@@ -391,8 +391,8 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
     // which carries the shard too.)
     let span = info_span!("shard", shard = shard_id);
 
-    let outboxes: Vec<Rc<PeerOutbox>> = (0..shard_count)
-        .map(|peer| Rc::new(PeerOutbox::new(peer, config.mesh_frame_limit)))
+    let outboxes: Vec<Rc<ShardOutbox>> = (0..shard_count)
+        .map(|peer| Rc::new(ShardOutbox::new(peer, config.mesh_frame_limit)))
         .collect();
     let counters = Rc::new(ShardCounters::default());
     let registry =
@@ -421,12 +421,12 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
     let mut _mesh_tasks = Vec::new();
     if let Some((senders, mut receivers)) = mesh_ends {
         let senders = Rc::new(senders);
-        for outbox in outboxes.iter().filter(|o| o.peer() != shard_id) {
+        for outbox in outboxes.iter().filter(|o| o.to() != shard_id) {
             let (outbox, senders) = (outbox.clone(), senders.clone());
             let task = async move {
                 loop {
                     let message = outbox.next().await;
-                    if senders.send_to(outbox.peer(), message).await.is_err() {
+                    if senders.send_to(outbox.to(), message).await.is_err() {
                         return;
                     }
                 }

@@ -3,7 +3,7 @@
 //!
 //! The same type serves as the owner's stream and as a mirror on another shard. The owner
 //! encodes and classifies each published message once and forwards the resulting [`Frame`]
-//! once per mirroring shard, never once per remote subscriber; a mirror keeps its own late-join
+//! once per mirroring shard, never once per player on another shard; a mirror keeps its own late-join
 //! cache so later players on its shard start without asking the owner.
 
 use std::cell::{Cell, RefCell};
@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use super::cache::{CacheLimits, LateJoinCache};
 use super::queue::WaitStats;
-use super::shard::{PeerOutbox, ShardMessage};
+use super::shard::{ShardMessage, ShardOutbox};
 use super::subscriber::Subscriber;
 use super::{PublishRefused, PublisherInfo, RelaySettings, StreamKey};
 use crate::frame::{Frame, FrameClass, PLAY_STREAM_ID};
@@ -44,9 +44,9 @@ pub struct CodecInfo {
 
 /// A shard that mirrors this (owned) stream.
 #[derive(Debug)]
-struct RemoteMirror {
+struct MirrorShard {
     shard: usize,
-    outbox: Rc<PeerOutbox>,
+    outbox: Rc<ShardOutbox>,
     /// Dropping video to that shard until the next keyframe (its channel is backed up).
     skipping: Cell<bool>,
 }
@@ -60,7 +60,7 @@ struct StreamState {
     /// away reported), so the stream's out counters never go backwards.
     departed: DeliveryTotals,
     /// Shards that mirror this stream (owner only).
-    remotes: Vec<RemoteMirror>,
+    mirror_shards: Vec<MirrorShard>,
     codecs: CodecInfo,
     /// Since when the stream has had no publisher (players wait until `republish_wait`).
     idle_since: Option<Instant>,
@@ -138,7 +138,7 @@ impl Stream {
                 cache: LateJoinCache::new(cache),
                 subscribers: Vec::new(),
                 departed: DeliveryTotals::default(),
-                remotes: Vec::new(),
+                mirror_shards: Vec::new(),
                 codecs: CodecInfo::default(),
                 idle_since: Some(now),
                 last_timestamp: None,
@@ -176,7 +176,7 @@ impl Stream {
 
     /// Shards mirroring this stream (owner only).
     pub fn mirror_shards(&self) -> Vec<usize> {
-        self.state.borrow().remotes.iter().map(|r| r.shard).collect()
+        self.state.borrow().mirror_shards.iter().map(|r| r.shard).collect()
     }
 
     pub(super) fn idle_since(&self) -> Option<Instant> {
@@ -195,7 +195,7 @@ impl Stream {
         if self.mirror {
             return state.subscribers.is_empty();
         }
-        state.publisher.is_none() && state.subscribers.is_empty() && state.remotes.is_empty()
+        state.publisher.is_none() && state.subscribers.is_empty() && state.mirror_shards.is_empty()
     }
 
     /// Pauses or resumes one player of this stream.
@@ -239,11 +239,11 @@ impl Stream {
         for subscriber in &state.subscribers {
             subscriber.deliver(&frame, now, settings, counters);
         }
-        for remote in &state.remotes {
-            remote.outbox.push_frame(
+        for mirror in &state.mirror_shards {
+            mirror.outbox.push_frame(
                 ShardMessage::Frame { uid: self.uid(), frame: Frame::clone(&frame) },
                 &frame,
-                &remote.skipping,
+                &mirror.skipping,
             );
         }
     }
@@ -358,9 +358,9 @@ impl Stream {
             subscriber.queue.restart_time_base();
         }
         notify_all(&state.subscribers, settings, &self.key.name, now, notify::published);
-        for remote in &state.remotes {
-            remote.skipping.set(false);
-            remote
+        for mirror in &state.mirror_shards {
+            mirror.skipping.set(false);
+            mirror
                 .outbox
                 .push(ShardMessage::Published { uid: self.uid(), publisher: publisher.clone() });
         }
@@ -396,8 +396,8 @@ impl Stream {
         state.cache.clear();
         state.codecs = CodecInfo::default();
         notify_all(&state.subscribers, settings, &self.key.name, now, notify::unpublished);
-        for remote in &state.remotes {
-            remote.outbox.push(ShardMessage::Unpublished { uid: self.uid() });
+        for mirror in &state.mirror_shards {
+            mirror.outbox.push(ShardMessage::Unpublished { uid: self.uid() });
         }
         true
     }
@@ -465,15 +465,15 @@ impl Stream {
 
     /// Owner: starts feeding `shard`, and returns what its mirror needs to start: the publisher
     /// and the late-join cache, in replay order.
-    pub(super) fn add_remote(
+    pub(super) fn add_mirror_shard(
         &self,
         shard: usize,
-        outbox: Rc<PeerOutbox>,
+        outbox: Rc<ShardOutbox>,
         encoder: &ChunkEncoder,
     ) -> (Option<PublisherInfo>, Vec<Frame>) {
         let mut state = self.state.borrow_mut();
-        state.remotes.retain(|r| r.shard != shard);
-        state.remotes.push(RemoteMirror { shard, outbox, skipping: Cell::new(false) });
+        state.mirror_shards.retain(|r| r.shard != shard);
+        state.mirror_shards.push(MirrorShard { shard, outbox, skipping: Cell::new(false) });
         let frames = if state.publisher.is_some() {
             state
                 .cache
@@ -488,8 +488,8 @@ impl Stream {
     }
 
     /// Owner: stops feeding `shard`.
-    pub(super) fn remove_remote(&self, shard: usize) {
-        self.state.borrow_mut().remotes.retain(|r| r.shard != shard);
+    pub(super) fn remove_mirror_shard(&self, shard: usize) {
+        self.state.borrow_mut().mirror_shards.retain(|r| r.shard != shard);
     }
 
     /// Mirror: loads the owner's state, then queues the cache to the local players who waited

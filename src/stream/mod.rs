@@ -10,7 +10,7 @@
 //! [`shard`]).
 //!
 //! This module knows nothing of sockets: subscribers are [`OutQueue`]s that a connection
-//! drains, and other shards are [`PeerOutbox`]es that the runtime drains.
+//! drains, and other shards are [`ShardOutbox`]es that the runtime drains.
 
 mod cache;
 mod live;
@@ -36,7 +36,7 @@ pub use live::{CodecInfo, Stream};
 pub use publication::Publication;
 pub use queue::{CloseReason, OutQueue};
 pub use registry::{PublishStart, Registry};
-pub use shard::{owner_of, PeerOutbox, PublishWaiter, ShardMessage, SnapshotWaiter};
+pub use shard::{owner_of, PublishWaiter, ShardMessage, ShardOutbox, SnapshotWaiter};
 pub use subscriber::Subscriber;
 
 /// A stream's identity: the `connect` app and the publish/play name without its query.

@@ -92,7 +92,7 @@ impl Publication {
         match self.route {
             Route::Owner(stream) => registry.unpublish(&stream, self.conn_id, now),
             Route::Forward { owner, uid, .. } => {
-                registry.unpublish_remote(owner, uid, self.conn_id)
+                registry.unpublish_forwarded(owner, uid, self.conn_id)
             }
         }
     }

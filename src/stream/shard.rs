@@ -2,9 +2,9 @@
 //!
 //! A stream is owned by the shard `hash(app/key) % shards`: only that shard mutates it. Any
 //! other shard reaches it with [`ShardMessage`]s over glommio's channel mesh (the runtime moves
-//! them; this module decides what they say). Each peer has one [`PeerOutbox`] on every shard:
+//! them; this module decides what they say). Each shard has one [`ShardOutbox`] per other shard:
 //! producers push without ever waiting, the runtime drains it into the bounded mesh channel.
-//! When a peer falls behind, media to it follows the slow-subscriber policy (skip to the next
+//! When a shard falls behind, media to it follows the slow-subscriber policy (skip to the next
 //! keyframe) while control messages always go through.
 
 use std::cell::{Cell, RefCell};
@@ -69,32 +69,33 @@ pub enum ShardMessage {
     Unpublished { uid: u64 },
 }
 
-/// Messages waiting for one peer shard.
-pub struct PeerOutbox {
-    peer: usize,
+/// Messages waiting for one other shard.
+pub struct ShardOutbox {
+    /// The shard the messages go to.
+    to: usize,
     items: RefCell<VecDeque<ShardMessage>>,
     /// Frames among `items`: what the media limit counts.
     frames: Cell<usize>,
-    /// Frames queued beyond which media to this peer skips to the next keyframe.
+    /// Frames queued beyond which media to that shard skips to the next keyframe.
     frame_limit: usize,
     waker: Cell<Option<Waker>>,
     pub sent: Counter,
     pub dropped: Counter,
 }
 
-impl std::fmt::Debug for PeerOutbox {
+impl std::fmt::Debug for ShardOutbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerOutbox")
-            .field("peer", &self.peer)
+        f.debug_struct("ShardOutbox")
+            .field("to", &self.to)
             .field("queued", &self.items.borrow().len())
             .finish_non_exhaustive()
     }
 }
 
-impl PeerOutbox {
-    pub fn new(peer: usize, frame_limit: usize) -> Self {
+impl ShardOutbox {
+    pub fn new(to: usize, frame_limit: usize) -> Self {
         Self {
-            peer,
+            to,
             items: RefCell::new(VecDeque::new()),
             frames: Cell::new(0),
             frame_limit,
@@ -104,8 +105,9 @@ impl PeerOutbox {
         }
     }
 
-    pub fn peer(&self) -> usize {
-        self.peer
+    /// The shard the messages go to.
+    pub fn to(&self) -> usize {
+        self.to
     }
 
     pub fn len(&self) -> usize {
@@ -124,8 +126,8 @@ impl PeerOutbox {
         }
     }
 
-    /// Queues a media message unless the peer is too far behind, in which case video waits for
-    /// the next keyframe that fits (`skipping` is per stream and peer); audio and headers still
+    /// Queues a media message unless that shard is too far behind, in which case video waits for
+    /// the next keyframe that fits (`skipping` is per stream and shard); audio and headers still
     /// go. Returns whether it was queued.
     pub fn push_frame(&self, message: ShardMessage, frame: &Frame, skipping: &Cell<bool>) -> bool {
         let video = !frame.survives_skip();
@@ -239,8 +241,8 @@ mod tests {
     }
 
     #[test]
-    fn a_backed_up_peer_skips_video_to_the_next_keyframe_but_keeps_control_and_audio() {
-        let outbox = PeerOutbox::new(1, 4);
+    fn a_backed_up_shard_skips_video_to_the_next_keyframe_but_keeps_control_and_audio() {
+        let outbox = ShardOutbox::new(1, 4);
         let skipping = Cell::new(false);
         let key = frame(MediaKind::Video, &[0x17, 1, 0, 0, 0, 1]);
         let inter = frame(MediaKind::Video, &[0x27, 1, 0, 0, 0, 1]);

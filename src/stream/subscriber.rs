@@ -137,11 +137,11 @@ impl Subscriber {
             return;
         }
         if self.queue.queued_bytes() > settings.hard_queue_bytes {
-            self.disconnect(CloseReason::HardLimit, Limit::SubscriberHardLimitBytes, counters);
+            self.disconnect(CloseReason::HardLimit, Limit::PlayerHardLimitBytes, counters);
             return;
         }
         if self.queue.stalled_for(now) > settings.stall {
-            self.disconnect(CloseReason::Stalled, Limit::SubscriberStallSecs, counters);
+            self.disconnect(CloseReason::Stalled, Limit::PlayerStallSecs, counters);
             return;
         }
         let is_video = !frame.survives_skip();
@@ -336,7 +336,7 @@ mod tests {
 
         assert_eq!(counters.slow_subscriber_disconnects.get(), 2);
         let limits = counters.limits_tripped();
-        assert_eq!(limits.get(Limit::SubscriberHardLimitBytes), 1);
-        assert_eq!(limits.get(Limit::SubscriberStallSecs), 1);
+        assert_eq!(limits.get(Limit::PlayerHardLimitBytes), 1);
+        assert_eq!(limits.get(Limit::PlayerStallSecs), 1);
     }
 }

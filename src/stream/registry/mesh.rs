@@ -70,8 +70,11 @@ impl Registry {
                 // Over the stream limit, the mirror gets no snapshot: its players wait for a
                 // publisher as long as players wait anywhere, then stop.
                 let Ok(stream) = self.get_or_create(key.clone(), now) else { return };
-                let (publisher, frames) =
-                    stream.add_remote(from, self.outbox(from).clone(), &self.settings.encoder);
+                let (publisher, frames) = stream.add_mirror_shard(
+                    from,
+                    self.outbox(from).clone(),
+                    &self.settings.encoder,
+                );
                 self.outbox(from).push(ShardMessage::Snapshot {
                     key,
                     token,
@@ -83,7 +86,7 @@ impl Registry {
             ShardMessage::Unsubscribe { key, delivered } => {
                 if let Some(stream) = self.get(&key).filter(|s| !s.is_mirror()) {
                     stream.add_departed(delivered);
-                    stream.remove_remote(from);
+                    stream.remove_mirror_shard(from);
                     self.remove_if_unused(&stream);
                 }
             }

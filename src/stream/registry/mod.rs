@@ -28,7 +28,7 @@ use publish::ParkedPublish;
 pub use publish::PublishStart;
 
 use super::live::{notify_all, Stream};
-use super::shard::{owner_of, PeerOutbox, PublishWaiter, ShardMessage, SnapshotWaiter};
+use super::shard::{owner_of, PublishWaiter, ShardMessage, ShardOutbox, SnapshotWaiter};
 use super::subscriber::Subscriber;
 use super::{CloseReason, Liveness, RelaySettings, StreamKey};
 use crate::metrics::{Counter, Limit, ShardCounters, ShardStats};
@@ -48,7 +48,7 @@ pub struct Registry {
     /// Players waiting for a pending snapshot before they are answered (see [`Self::join_mirror`]).
     snapshot_waiters: RefCell<HashMap<StreamKey, Vec<Rc<SnapshotWaiter>>>>,
     /// Outboxes to the other shards, indexed by shard (this shard's own slot is unused).
-    outboxes: Vec<Rc<PeerOutbox>>,
+    outboxes: Vec<Rc<ShardOutbox>>,
     /// Mesh messages received, per sending shard.
     received: Vec<Counter>,
     publish_waiters: RefCell<HashMap<u64, Rc<PublishWaiter>>>,
@@ -80,7 +80,7 @@ impl Registry {
         settings: RelaySettings,
         counters: Rc<ShardCounters>,
         shard_id: usize,
-        outboxes: Vec<Rc<PeerOutbox>>,
+        outboxes: Vec<Rc<ShardOutbox>>,
     ) -> Self {
         let shard_count = outboxes.len().max(1);
         Self {
@@ -144,9 +144,9 @@ impl Registry {
     /// Mesh messages sent to and received from each shard, and media dropped to each.
     pub fn mesh_counts(&self) -> Vec<(u64, u64, u64)> {
         (0..self.shard_count)
-            .map(|peer| {
-                let received = self.received[peer].get();
-                match self.outboxes.get(peer) {
+            .map(|shard| {
+                let received = self.received[shard].get();
+                match self.outboxes.get(shard) {
                     Some(o) => (o.sent.get(), received, o.dropped.get()),
                     None => (0, received, 0),
                 }
@@ -154,7 +154,7 @@ impl Registry {
             .collect()
     }
 
-    fn outbox(&self, shard: usize) -> &Rc<PeerOutbox> {
+    fn outbox(&self, shard: usize) -> &Rc<ShardOutbox> {
         &self.outboxes[shard]
     }
 
@@ -212,7 +212,7 @@ impl Registry {
     pub fn check_play(&self, key: &StreamKey) -> Result<(), Limit> {
         let refused = match self.get(key) {
             Some(stream) if stream.subscriber_count() >= self.settings.max_subscribers => {
-                Limit::MaxSubscribersPerStream
+                Limit::MaxPlayersPerStream
             }
             None if self.stream_count() >= self.settings.max_streams => Limit::MaxStreamsPerShard,
             _ => return Ok(()),
@@ -413,7 +413,7 @@ mod tests {
     impl Pair {
         fn new() -> Self {
             let registry = |id| {
-                let outboxes = (0..2).map(|peer| Rc::new(PeerOutbox::new(peer, 64))).collect();
+                let outboxes = (0..2).map(|peer| Rc::new(ShardOutbox::new(peer, 64))).collect();
                 Registry::sharded(settings(), Rc::new(ShardCounters::default()), id, outboxes)
             };
             Pair { shards: [registry(0), registry(1)], now: Instant::now() }
@@ -567,7 +567,7 @@ mod tests {
             assert_eq!(pair.publisher_of(&key), Some(2));
             // The first connection's release arrives afterwards: stale, ignored.
             let uid = pair.shards[0].get(&key).unwrap().uid();
-            pair.shards[1].unpublish_remote(0, uid, 1);
+            pair.shards[1].unpublish_forwarded(0, uid, 1);
             pair.pump();
             assert_eq!(pair.publisher_of(&key), Some(2));
             assert_eq!(pair.shards[0].counters().publishers.get(), 1);

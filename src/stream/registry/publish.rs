@@ -322,7 +322,7 @@ impl Registry {
     }
 
     /// Ends a publish whose stream another shard owns.
-    pub(in crate::stream) fn unpublish_remote(&self, owner: usize, uid: u64, conn_id: u64) {
+    pub(in crate::stream) fn unpublish_forwarded(&self, owner: usize, uid: u64, conn_id: u64) {
         self.outbox(owner).push(ShardMessage::Unpublish { uid, conn_id });
     }
 
