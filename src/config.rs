@@ -45,6 +45,12 @@ pub struct Config {
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub mesh_channel_capacity: u32,
 
+    /// Control messages (publish requests, subscriptions, answers) queued to one other shard
+    /// beyond which that shard counts as stuck: new publishes and plays that need it are
+    /// refused (limit `mesh_control_limit`) until it catches up. Releases still go.
+    #[arg(long, default_value_t = 65_536)]
+    pub mesh_control_limit: usize,
+
     /// Testing aid: every shard also listens on its own 127.0.0.1 port, so a test can place a
     /// connection on a chosen shard (`ServerHandle::shard_addr`).
     #[arg(long, hide = true)]

@@ -90,6 +90,9 @@ limits! {
     /// `--max-amf-elements`: values in one AMF array or object; closed (protocol error
     /// `amf`).
     MaxAmfElements => "max_amf_elements",
+    /// `--mesh-control-limit`: control messages queued to a stuck shard; a publish or play
+    /// that needs that shard is refused.
+    MeshControlLimit => "mesh_control_limit",
 }
 
 impl Limit {

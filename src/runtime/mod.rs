@@ -392,7 +392,7 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
     let span = info_span!("shard", shard = shard_id);
 
     let outboxes: Vec<Rc<ShardOutbox>> = (0..shard_count)
-        .map(|peer| Rc::new(ShardOutbox::new(peer, config.mesh_frame_limit)))
+        .map(|to| Rc::new(ShardOutbox::new(to, config.mesh_frame_limit, config.mesh_control_limit)))
         .collect();
     let counters = Rc::new(ShardCounters::default());
     let registry =

@@ -78,6 +78,10 @@ pub struct ShardOutbox {
     frames: Cell<usize>,
     /// Frames queued beyond which media to that shard skips to the next keyframe.
     frame_limit: usize,
+    /// Control messages queued beyond which that shard counts as stuck: new requests to it
+    /// (publish, subscribe, probe) are refused, so the queue grows no further than what
+    /// releases already-held state (see [`Self::takes_requests`]).
+    control_limit: usize,
     waker: Cell<Option<Waker>>,
     pub sent: Counter,
     pub dropped: Counter,
@@ -93,12 +97,13 @@ impl std::fmt::Debug for ShardOutbox {
 }
 
 impl ShardOutbox {
-    pub fn new(to: usize, frame_limit: usize) -> Self {
+    pub fn new(to: usize, frame_limit: usize, control_limit: usize) -> Self {
         Self {
             to,
             items: RefCell::new(VecDeque::new()),
             frames: Cell::new(0),
             frame_limit,
+            control_limit,
             waker: Cell::new(None),
             sent: Counter::default(),
             dropped: Counter::default(),
@@ -116,6 +121,14 @@ impl ShardOutbox {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether a new request may go to that shard. Control messages are never dropped (a lost
+    /// Unpublish would leave a stream published by nobody), so their bound is taken at the
+    /// source: past `control_limit` queued, the requests that would add state are refused,
+    /// and only answers and releases, each owed for state already held, still go.
+    pub fn takes_requests(&self) -> bool {
+        self.len() - self.frames.get() < self.control_limit
     }
 
     /// Queues a control message: never dropped.
@@ -242,7 +255,7 @@ mod tests {
 
     #[test]
     fn a_backed_up_shard_skips_video_to_the_next_keyframe_but_keeps_control_and_audio() {
-        let outbox = ShardOutbox::new(1, 4);
+        let outbox = ShardOutbox::new(1, 4, 1024);
         let skipping = Cell::new(false);
         let key = frame(MediaKind::Video, &[0x17, 1, 0, 0, 0, 1]);
         let inter = frame(MediaKind::Video, &[0x27, 1, 0, 0, 0, 1]);

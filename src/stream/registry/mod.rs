@@ -169,6 +169,9 @@ impl Registry {
         }
         let owner = self.owner_of(&key);
         let mirror = owner != self.shard_id;
+        if mirror {
+            self.check_takes_requests(owner)?;
+        }
         let uid = if mirror {
             0
         } else {
@@ -189,6 +192,16 @@ impl Registry {
             self.by_uid.borrow_mut().insert(uid, stream.clone());
         }
         Ok(stream)
+    }
+
+    /// Whether shard `to` takes a new request (see [`ShardOutbox::takes_requests`]); when it
+    /// is stuck, the limit that refuses the request, counted.
+    fn check_takes_requests(&self, to: usize) -> Result<(), Limit> {
+        if self.outbox(to).takes_requests() {
+            return Ok(());
+        }
+        self.counters.limit_tripped(Limit::MeshControlLimit);
+        Err(Limit::MeshControlLimit)
     }
 
     /// Recordings whose files are still being closed.
@@ -412,8 +425,14 @@ mod tests {
 
     impl Pair {
         fn new() -> Self {
+            Self::with_control_limit(1024)
+        }
+
+        fn with_control_limit(control_limit: usize) -> Self {
             let registry = |id| {
-                let outboxes = (0..2).map(|peer| Rc::new(ShardOutbox::new(peer, 64))).collect();
+                let outboxes = (0..2)
+                    .map(|shard| Rc::new(ShardOutbox::new(shard, 64, control_limit)))
+                    .collect();
                 Registry::sharded(settings(), Rc::new(ShardCounters::default()), id, outboxes)
             };
             Pair { shards: [registry(0), registry(1)], now: Instant::now() }
@@ -747,5 +766,44 @@ mod tests {
         );
         assert_eq!(pair.shards[1].counters().mirrors.get(), 1);
         assert_eq!(pair.shards[0].get(&key).map(|s| s.mirror_shards()), Some(vec![1]));
+    }
+
+    /// Control messages are never dropped, so their bound is at the source: to a shard that
+    /// does not drain its queue, new publishes and mirror plays are refused, while releases of
+    /// what is already held still go.
+    #[test]
+    fn a_stuck_shard_gets_no_new_requests_but_still_gets_releases() {
+        let pair = Pair::with_control_limit(2);
+        // Keys owned by shard 0, asked from shard 1, whose outbox to shard 0 is never pumped.
+        let keys: Vec<StreamKey> = (0..)
+            .map(|i| StreamKey::new("live", format!("stuck{i}")))
+            .filter(|k| pair.shards[1].owner_of(k) == 0)
+            .take(3)
+            .collect();
+        let first = player(100, pair.now);
+        let mirror = pair.shards[1].play(keys[0].clone(), first, pair.now).unwrap();
+        pair.shards[1].play(keys[1].clone(), player(101, pair.now), pair.now).unwrap();
+        assert_eq!(pair.shards[1].outbox(0).len(), 2, "two subscriptions queued");
+        assert_eq!(
+            pair.shards[1].play(keys[2].clone(), player(102, pair.now), pair.now).unwrap_err(),
+            Limit::MeshControlLimit
+        );
+        let liveness: Weak<dyn Liveness> = Weak::<Conn>::new();
+        let refused =
+            pair.shards[1].start_publish(keys[2].clone(), on_shard(7, 1), liveness, pair.now);
+        assert!(
+            matches!(
+                refused,
+                PublishStart::Decided(Err(PublishRefused::Limit(Limit::MeshControlLimit)))
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(pair.shards[1].counters().limits_tripped().get(Limit::MeshControlLimit), 2);
+        // The player of the first key leaves: its Unsubscribe still goes.
+        pair.shards[1].leave(&mirror, 100, 1);
+        assert_eq!(pair.shards[1].outbox(0).len(), 3);
+        // Once shard 0 catches up, requests go again.
+        pair.pump();
+        assert!(pair.shards[1].play(keys[2].clone(), player(102, pair.now), pair.now).is_ok());
     }
 }

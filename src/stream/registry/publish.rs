@@ -78,6 +78,9 @@ impl Registry {
         let conn_id = publisher.conn_id;
         self.liveness.borrow_mut().insert(conn_id, liveness);
         if !self.owns(&key) {
+            if let Err(limit) = self.check_takes_requests(self.owner_of(&key)) {
+                return PublishStart::Decided(Err(PublishRefused::Limit(limit)));
+            }
             return PublishStart::Waiting(self.request_publish(key, publisher));
         }
         match self.decide_publish(key, publisher, self.shard_id, now) {
@@ -115,6 +118,10 @@ impl Registry {
         let held = self.get(&key).and_then(|s| s.publisher().map(|holder| (s, holder)));
         if let Some((stream, holder)) = held.filter(|(_, h)| h.conn_id != publisher.conn_id) {
             if holder.shard != self.shard_id && holder.shard < self.outboxes.len() {
+                // A stuck holder's shard cannot say the holder is gone: the holder keeps it.
+                if self.check_takes_requests(holder.shard).is_err() {
+                    return Some(Err(PublishRefused::AlreadyPublishing { by: holder.peer }));
+                }
                 self.probe(key, publisher, holder, requester, now);
                 return None;
             }
