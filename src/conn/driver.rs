@@ -119,7 +119,7 @@ pub(super) async fn serve_connection(
 
     ctx.open.borrow_mut().insert(conn_id, queue.clone());
     let epoch_ms = ctx.epoch.elapsed().as_millis() as u32;
-    let session = ServerSession::new(ctx.session, epoch_ms, &ctx.random_bytes());
+    let session = ServerSession::new(ctx.session, epoch_ms, &ctx.random_bytes(), Instant::now());
     let mut conn = Connection {
         ctx: ctx.clone(),
         conn_id,
@@ -293,7 +293,7 @@ impl Connection {
                 return Ok(());
             }
             let before = input.len();
-            self.session.handle_input(input).map_err(Ended::Protocol)?;
+            self.session.handle_input(input, now).map_err(Ended::Protocol)?;
             let mut had_events = false;
             while let Some(event) = self.session.poll_event() {
                 had_events = true;
