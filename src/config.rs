@@ -127,7 +127,8 @@ pub struct Config {
     #[arg(long, default_value_t = 10)]
     pub handshake_timeout_secs: u64,
 
-    /// Seconds a connected client has to publish or play before it is closed.
+    /// Seconds a connected client has to publish or play before it is closed (counted from its
+    /// `connect`, and afresh from the end of its last publish or play).
     #[arg(long, default_value_t = 30)]
     pub idle_before_play_secs: u64,
 
@@ -388,9 +389,6 @@ impl Config {
     pub fn connection_limits(&self, shards: usize) -> crate::conn::ConnLimits {
         let share = |limit: u32| limit.div_ceil(shards.max(1) as u32).max(1);
         crate::conn::ConnLimits {
-            handshake: self.handshake_timeout(),
-            idle_before_play: Duration::from_secs(self.idle_before_play_secs),
-            publisher_idle: Duration::from_secs(self.publisher_idle_secs),
             player_send_buffer: self.player_send_buffer_bytes,
             max_per_ip: share(self.max_connections_per_ip),
             max_handshaking_per_ip: share(self.max_handshaking_per_ip),
@@ -433,6 +431,9 @@ impl Config {
             },
             window_ack_size: self.window_ack_size,
             max_message_streams: self.max_message_streams,
+            handshake_timeout: self.handshake_timeout(),
+            idle_before_play: Duration::from_secs(self.idle_before_play_secs),
+            publisher_idle: Duration::from_secs(self.publisher_idle_secs),
         }
     }
 }
@@ -446,6 +447,29 @@ mod tests {
         let config = Config::default();
         config.validate().expect("defaults validate");
         assert_eq!(config.listen, "0.0.0.0:1935".parse().unwrap());
+    }
+
+    #[test]
+    fn the_time_limit_flags_reach_the_session_and_default_alike() {
+        let defaults = rtmp_proto::session::SessionConfig::default();
+        let session = Config::default().session_config();
+        assert_eq!(session.handshake_timeout, defaults.handshake_timeout);
+        assert_eq!(session.idle_before_play, defaults.idle_before_play);
+        assert_eq!(session.publisher_idle, defaults.publisher_idle);
+
+        let config = Config::parse_from([
+            "rtmp-relay",
+            "--handshake-timeout-secs",
+            "3",
+            "--idle-before-play-secs",
+            "4",
+            "--publisher-idle-secs",
+            "5",
+        ]);
+        let session = config.session_config();
+        assert_eq!(session.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(session.idle_before_play, Duration::from_secs(4));
+        assert_eq!(session.publisher_idle, Duration::from_secs(5));
     }
 
     #[test]

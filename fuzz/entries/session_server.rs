@@ -24,6 +24,10 @@
 //! - `Media` comes only from a message stream whose publish was accepted and not closed since,
 //!   and is no longer than the message size limit;
 //! - after an error the connection is over (nothing more is fed), and the error formats;
+//! - time (virtual: 100 µs more at each read) runs the limit the state calls for: the handshake
+//!   limit until `Connected`, then the publisher idle limit while a publish is accepted, none
+//!   while only plays are, and the idle-before-play limit otherwise; `handle_timeout` fails
+//!   exactly from `poll_timeout` on, naming that limit, and is quiet before it;
 //! - everything the server writes is well-formed RTMP: S0 S1 S2, then chunks that decode, and
 //!   command messages whose AMF decodes; in scripted mode a real `ClientSession` reads it all
 //!   without an error.
@@ -35,8 +39,11 @@ use rtmp_proto::chunk::{ChunkDecoder, ChunkEncoder, Limits, MessageHeader, MAX_C
 use rtmp_proto::command::{code, CommandMessage};
 use rtmp_proto::handshake::{HANDSHAKE_SIZE, RANDOM_LEN};
 use rtmp_proto::message::{csid, type_id};
+use std::time::{Duration, Instant};
+
 use rtmp_proto::session::{
-    ClientEvent, ClientSession, MediaKind, ServerEvent, ServerSession, SessionConfig,
+    ClientEvent, ClientSession, MediaKind, ServerEvent, ServerSession, SessionConfig, SessionError,
+    TimeLimit,
 };
 use rtmp_proto::time::RtmpTimestamp;
 
@@ -62,6 +69,7 @@ pub fn run(data: &[u8]) {
         }
         bytes.extend_from_slice(input.rest());
         server.feed(&bytes, schedule);
+        server.check_deadline();
         let mut output = server.take_output();
         if output.len() >= HANDSHAKE_BYTES {
             assert_eq!(output[0], 3, "S0");
@@ -70,7 +78,7 @@ pub fn run(data: &[u8]) {
             assert!(output.is_empty(), "{} bytes of partial handshake written", output.len());
         }
     } else {
-        Script::new(server, schedule, flags & 2 != 0).run(&mut input);
+        Script::new(server, schedule, flags & 2 != 0).run(&mut input).check_deadline();
     }
 }
 
@@ -90,6 +98,8 @@ fn small_config(input: &mut Input<'_>) -> SessionConfig {
         out_chunk_size: 1 + u32::from(input.u16()),
         window_ack_size: u32::from(input.u16()),
         max_message_streams: usize::from(input.u8() % 4),
+        // Not from the input, so that the seeds keep their meaning; time is virtual anyway.
+        ..SessionConfig::default()
     }
 }
 
@@ -108,26 +118,85 @@ struct Server {
     connected: bool,
     /// Message streams whose publish was accepted and that have not been closed since.
     publishing: Vec<u32>,
+    /// Message streams whose play was accepted and that have not been closed since.
+    playing: Vec<u32>,
     closed: bool,
+    /// The driver's clock: virtual, from one real instant, so runs are deterministic.
+    now: Instant,
 }
 
 impl Server {
     fn new(config: SessionConfig, decisions: u8) -> Self {
+        let now = Instant::now();
         Self {
-            session: ServerSession::new(config, 5_000, &random(2)),
+            session: ServerSession::new(config, 5_000, &random(2), now),
             config,
             buffer: BytesMut::new(),
             decisions,
             requests: 0,
             connected: false,
             publishing: Vec::new(),
+            playing: Vec::new(),
             closed: false,
+            now,
         }
+    }
+
+    /// The limit the session must run in the state the driver sees.
+    fn expected_limit(&self) -> Option<TimeLimit> {
+        if !self.connected {
+            Some(TimeLimit::Handshake)
+        } else if !self.publishing.is_empty() {
+            Some(TimeLimit::PublisherIdle)
+        } else if !self.playing.is_empty() {
+            None
+        } else {
+            Some(TimeLimit::IdleBeforePlay)
+        }
+    }
+
+    /// What the relay's read loop does before each read: time passes, and a deadline that
+    /// passed without input ends the connection.
+    fn tick(&mut self) {
+        self.now += Duration::from_micros(100);
+        let deadline = self.session.poll_timeout();
+        assert_eq!(deadline.is_some(), self.expected_limit().is_some(), "a deadline iff a limit");
+        match self.session.handle_timeout(self.now) {
+            Ok(()) => assert!(deadline.is_none_or(|at| self.now < at), "deadline passed, no error"),
+            Err(SessionError::Timeout(limit)) => {
+                assert!(deadline.is_some_and(|at| self.now >= at), "{limit:?} before its deadline");
+                assert_eq!(Some(limit), self.expected_limit());
+                self.closed = true;
+            }
+            Err(error) => panic!("handle_timeout failed with {error:?}"),
+        }
+    }
+
+    /// At the end: the running limit trips exactly at its deadline, with its own name.
+    fn check_deadline(&mut self) {
+        if self.closed {
+            return;
+        }
+        let Some(deadline) = self.session.poll_timeout() else {
+            assert_eq!(self.expected_limit(), None, "no deadline");
+            return;
+        };
+        if let Some(before) = deadline.checked_sub(Duration::from_nanos(1)) {
+            assert_eq!(self.session.handle_timeout(before), Ok(()), "tripped before the deadline");
+        }
+        let error = self.session.handle_timeout(deadline).expect_err("no trip at the deadline");
+        let SessionError::Timeout(limit) = error else { panic!("not a timeout: {error:?}") };
+        assert_eq!(Some(limit), self.expected_limit());
+        assert_eq!(error.kind(), limit.name());
+        self.closed = true;
     }
 
     /// Hands `bytes` to the server in pieces, as a socket would.
     fn feed(&mut self, bytes: &[u8], schedule: Schedule<'_>) {
         for piece in schedule.pieces(bytes) {
+            if !self.closed {
+                self.tick();
+            }
             if self.closed {
                 return;
             }
@@ -141,7 +210,7 @@ impl Server {
     fn read(&mut self) {
         loop {
             let before = self.buffer.len();
-            let result = self.session.handle_input(&mut self.buffer);
+            let result = self.session.handle_input(&mut self.buffer, self.now);
             assert!(self.buffer.len() <= before, "handle_input grew its input");
             self.check_partial();
             let answered = self.events();
@@ -156,7 +225,7 @@ impl Server {
             }
             // Nothing held back: calling again without new bytes must change nothing.
             let left = self.buffer.len();
-            let again = self.session.handle_input(&mut self.buffer);
+            let again = self.session.handle_input(&mut self.buffer, self.now);
             assert_eq!(again, Ok(()), "a second call failed");
             assert_eq!(self.buffer.len(), left, "a second call consumed input");
             assert!(self.session.poll_event().is_none(), "a second call made an event");
@@ -198,6 +267,7 @@ impl Server {
                     assert!(self.connected, "play before connect");
                     if self.decide() {
                         self.session.accept_play(stream_id, &name.key);
+                        self.playing.push(stream_id);
                     } else {
                         self.session.reject_play(stream_id, code::PLAY_STREAM_NOT_FOUND, "no");
                     }
@@ -216,6 +286,7 @@ impl Server {
                 }
                 ServerEvent::StreamClosed { stream_id } => {
                     self.publishing.retain(|&id| id != stream_id);
+                    self.playing.retain(|&id| id != stream_id);
                 }
                 ServerEvent::CommandRefused { command, reason, .. } => {
                     assert!(self.connected || reason == "connect first", "{command}: {reason}");
@@ -286,7 +357,8 @@ impl<'s> Script<'s> {
         }
     }
 
-    fn run(mut self, input: &mut Input<'_>) {
+    /// Runs the script; the server is handed back for the checks at the end.
+    fn run(mut self, input: &mut Input<'_>) -> Server {
         self.pump();
         let mut steps = 0;
         while !input.is_empty() && !self.server.closed && steps < MAX_STEPS {
@@ -294,6 +366,7 @@ impl<'s> Script<'s> {
             self.step(input);
             self.pump();
         }
+        self.server
     }
 
     /// Carries bytes both ways until both sides are quiet.

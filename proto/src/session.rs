@@ -1,20 +1,45 @@
 //! Server and client session state machines: the RTMP conversation above the chunk stream.
 //!
 //! # Contract
-//! A session owns no socket, clock or random source. Its driver:
-//! 1. feeds every byte read from the peer to `handle_input` (which consumes what it can and
-//!    leaves a partial chunk in the buffer for the next call);
-//! 2. drains [`ServerSession::poll_event`] / [`ClientSession::poll_event`] and acts on each event
-//!    (for a server: accept or reject a publish or play);
-//! 3. drains `poll_transmit` and writes those bytes to the peer, in order, before any media
-//!    frame it queues after the call that produced them.
+//! A session owns no socket, clock or random source: bytes, randomness and time are arguments
+//! (time as an [`Instant`] the driver read from its own clock, as in quinn-proto). The driver of
+//! a [`ServerSession`]:
+//! 1. creates it with [`ServerSession::new`] when the connection is accepted, giving `now`: the
+//!    handshake time limit counts from there;
+//! 2. feeds every byte read from the peer to [`ServerSession::handle_input`] with the `now` it
+//!    read them at (the call consumes what it can and leaves a partial chunk in the buffer for
+//!    the next call);
+//! 3. drains [`ServerSession::poll_event`] and acts on each event (accept or reject a publish or
+//!    play), then calls `handle_input` again with what is left of the buffer;
+//! 4. drains [`ServerSession::poll_transmit`] and writes those bytes to the peer, in order,
+//!    before any media frame it queues after the call that produced them;
+//! 5. waits for more bytes no later than [`ServerSession::poll_timeout`], asked afresh after the
+//!    steps above (each of them may move it), and when that instant passes calls
+//!    [`ServerSession::handle_timeout`] with the time it woke at.
 //!
-//! Errors from `handle_input` are fatal for the connection: after a framing error (chunk
-//! stream, AMF, a size or a limit) the rest of the byte stream cannot be trusted. The error says
-//! why, for the log line. A command that is well formed but does not fit the session's state
-//! (publish on a stream id already publishing, play before connect, a second connect) is not an
-//! error: the server session answers it with `_error` or an onStatus error, changes nothing, and
-//! reports it as [`ServerEvent::CommandRefused`]; the connection goes on.
+//! A [`ClientSession`] is driven the same way without time: it has no limits of its own, and its
+//! driver bounds its waits itself.
+//!
+//! # Time limits (server)
+//! At most one limit runs at a time, and `poll_timeout` says when it runs out:
+//! - until handshake and `connect` are done: [`SessionConfig::handshake_timeout`], counted
+//!   from `new`;
+//! - connected, publishing and playing nothing: [`SessionConfig::idle_before_play`], counted
+//!   from `connect`, and afresh from the end of the connection's last publish or play;
+//! - publishing (playing too or not): [`SessionConfig::publisher_idle`], counted from the last
+//!   bytes the peer sent;
+//! - only playing: none. A player may stay silent as long as it likes.
+//!
+//! A publish or play counts once accepted ([`ServerSession::accept_publish`],
+//! [`ServerSession::accept_play`]); while the driver decides, the limit before it still runs.
+//!
+//! Errors from `handle_input` and `handle_timeout` are fatal for the connection: after a framing
+//! error (chunk stream, AMF, a size or a limit) the rest of the byte stream cannot be trusted,
+//! and a [`SessionError::Timeout`] names the limit that ran out. The error says why, for the
+//! log line. A command that is well formed but does not fit the session's state (publish on a
+//! stream id already publishing, play before connect, a second connect) is not an error: the
+//! server session answers it with `_error` or an onStatus error, changes nothing, and reports
+//! it as [`ServerEvent::CommandRefused`]; the connection goes on.
 //!
 //! Media to players does not pass through the session: the relay encodes each media message
 //! once with [`crate::chunk::ChunkEncoder`] and writes the same bytes to every subscriber. The
@@ -22,6 +47,7 @@
 //! so the two byte sources interleave safely at message boundaries.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -48,6 +74,31 @@ pub enum SessionError {
     TooManyStreams {
         limit: usize,
     },
+    /// A time limit of [`SessionConfig`] ran out (see the module doc's table).
+    Timeout(TimeLimit),
+}
+
+/// The time limits a server session enforces, each stopping a named abuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimeLimit {
+    /// Handshake plus `connect` took longer than [`SessionConfig::handshake_timeout`].
+    Handshake,
+    /// Connected, and neither published nor played for [`SessionConfig::idle_before_play`].
+    IdleBeforePlay,
+    /// A publisher sent nothing for [`SessionConfig::publisher_idle`].
+    PublisherIdle,
+}
+
+impl TimeLimit {
+    /// The limit's stable name in logs and counters (the relay's
+    /// `rtmp_relay_limits_tripped_total{limit}` and its handshake timeout counter).
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeLimit::Handshake => "handshake_timeout",
+            TimeLimit::IdleBeforePlay => "idle_before_play",
+            TimeLimit::PublisherIdle => "publisher_idle",
+        }
+    }
 }
 
 impl std::fmt::Display for SessionError {
@@ -60,6 +111,7 @@ impl std::fmt::Display for SessionError {
             SessionError::TooManyStreams { limit } => {
                 write!(f, "more than {limit} message streams on one connection")
             }
+            SessionError::Timeout(limit) => write!(f, "time limit {} reached", limit.name()),
         }
     }
 }
@@ -83,6 +135,7 @@ impl SessionError {
             SessionError::Command(CommandError::Amf(_)) => "amf",
             SessionError::Command(_) => "command",
             SessionError::TooManyStreams { .. } => "too_many_message_streams",
+            SessionError::Timeout(limit) => limit.name(),
         }
     }
 }
@@ -120,6 +173,15 @@ pub struct SessionConfig {
     pub window_ack_size: u32,
     /// Most message streams (createStream) one connection may open. Real clients open one.
     pub max_message_streams: usize,
+    /// Server only: how long handshake plus `connect` may take, from [`ServerSession::new`].
+    /// Stops slowloris clients and half-open floods holding connections without speaking.
+    pub handshake_timeout: Duration,
+    /// Server only: how long a connected client may publish and play nothing (after `connect`,
+    /// or after its last publish or play ended). Stops idle connections holding descriptors.
+    pub idle_before_play: Duration,
+    /// Server only: how long a publisher may send nothing. Encoders send media continuously; a
+    /// silent one is gone or wedged, and its players wait for a republish instead.
+    pub publisher_idle: Duration,
 }
 
 impl SessionConfig {
@@ -130,6 +192,9 @@ impl SessionConfig {
         out_chunk_size: 4096,
         window_ack_size: 2_500_000,
         max_message_streams: 8,
+        handshake_timeout: Duration::from_secs(10),
+        idle_before_play: Duration::from_secs(30),
+        publisher_idle: Duration::from_secs(30),
     };
 }
 
@@ -369,6 +434,20 @@ enum ServerPhase {
     Connected,
 }
 
+/// What a server session knows of time: only the instants its driver gave it.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    /// When the connection was accepted: the handshake limit counts from here.
+    started: Instant,
+    /// The latest `now` the driver gave with input.
+    now: Instant,
+    /// When bytes last came from the peer: a publisher's silence counts from here.
+    heard_from: Instant,
+    /// Since when the connection, once connected, has published and played nothing: its
+    /// `connect`, or the end of its last publish or play.
+    idle_since: Instant,
+}
+
 /// The server side of one RTMP connection.
 #[derive(Debug)]
 pub struct ServerSession {
@@ -378,11 +457,13 @@ pub struct ServerSession {
     next_stream_id: u32,
     events: VecDeque<ServerEvent>,
     app: Option<String>,
+    clock: Clock,
 }
 
 impl ServerSession {
+    /// A session for a connection accepted at `now`: the handshake time limit counts from it.
     /// `epoch_ms` and `random` feed the handshake (see [`ServerHandshake::new`]).
-    pub fn new(config: SessionConfig, epoch_ms: u32, random: &[u8]) -> Self {
+    pub fn new(config: SessionConfig, epoch_ms: u32, random: &[u8], now: Instant) -> Self {
         Self {
             phase: ServerPhase::Handshake(Box::new(ServerHandshake::new(epoch_ms, random))),
             transport: Transport::new(config),
@@ -390,6 +471,7 @@ impl ServerSession {
             next_stream_id: 1,
             events: VecDeque::new(),
             app: None,
+            clock: Clock { started: now, now, heard_from: now, idle_since: now },
         }
     }
 
@@ -408,10 +490,15 @@ impl ServerSession {
         self.transport.decoder.partial_bytes()
     }
 
-    /// Feeds bytes read from the peer. Consumes complete chunks; a partial chunk stays in
-    /// `input` for the next call. Returns early after a publish or play request, with input
-    /// left: answer it, then call again.
-    pub fn handle_input(&mut self, input: &mut BytesMut) -> Result<(), SessionError> {
+    /// Feeds bytes read from the peer at `now`. Consumes complete chunks; a partial chunk stays
+    /// in `input` for the next call. Returns early after a publish or play request, with input
+    /// left: answer it, then call again. Bytes in `input` count as the peer being heard from
+    /// at `now`, which pushes a publisher's idle deadline forward; an empty `input` does not.
+    pub fn handle_input(&mut self, input: &mut BytesMut, now: Instant) -> Result<(), SessionError> {
+        self.clock.now = self.clock.now.max(now);
+        if !input.is_empty() {
+            self.clock.heard_from = self.clock.now;
+        }
         if let ServerPhase::Handshake(handshake) = &mut self.phase {
             match handshake.handle_input(input, &mut self.transport.out)? {
                 HandshakeProgress::InProgress => return Ok(()),
@@ -439,6 +526,44 @@ impl ServerSession {
     /// Bytes to write to the peer, if any.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         self.transport.take_output()
+    }
+
+    /// When the time limit that runs now runs out, if one does (see the module doc): wait for
+    /// input no later than this, then call [`Self::handle_timeout`]. Every other call may move
+    /// it, so ask again after each.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.running_limit().map(|(deadline, _)| deadline)
+    }
+
+    /// Tells the session the time is `now` and no input came. Fails with
+    /// [`SessionError::Timeout`] when the running limit has run out by `now` (fatal, like the
+    /// errors of `handle_input`); before its deadline (a timer that woke early) it does nothing.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SessionError> {
+        match self.running_limit() {
+            Some((deadline, limit)) if now >= deadline => Err(SessionError::Timeout(limit)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The time limit that runs now and its deadline.
+    fn running_limit(&self) -> Option<(Instant, TimeLimit)> {
+        let config = &self.transport.config;
+        let clock = &self.clock;
+        if !matches!(self.phase, ServerPhase::Connected) {
+            return Some((clock.started + config.handshake_timeout, TimeLimit::Handshake));
+        }
+        if self.streams.iter().any(|s| s.role == StreamRole::Publishing) {
+            return Some((clock.heard_from + config.publisher_idle, TimeLimit::PublisherIdle));
+        }
+        if self.streams.iter().any(|s| s.role == StreamRole::Playing) {
+            return None;
+        }
+        Some((clock.idle_since + config.idle_before_play, TimeLimit::IdleBeforePlay))
+    }
+
+    /// True while a stream of this connection publishes or plays.
+    fn is_active(&self) -> bool {
+        self.streams.iter().any(|s| matches!(s.role, StreamRole::Publishing | StreamRole::Playing))
     }
 
     fn stream_mut(&mut self, id: u32) -> Option<&mut MessageStream> {
@@ -564,6 +689,7 @@ impl ServerSession {
                         .arg(Amf0Value::Number(8192.0)),
                 );
                 self.phase = ServerPhase::Connected;
+                self.clock.idle_since = self.clock.now;
                 self.app = Some(params.app.clone());
                 self.events.push_back(ServerEvent::Connected(params));
             }
@@ -657,10 +783,15 @@ impl ServerSession {
     }
 
     fn close_stream(&mut self, id: u32) {
+        let was_busy = self.is_active();
         if let Some(stream) = self.stream_mut(id) {
             let was_active = stream.role != StreamRole::Idle;
             let was_publishing = stream.role == StreamRole::Publishing;
             stream.role = StreamRole::Idle;
+            if was_busy && !self.is_active() {
+                // Its last publish or play ended: it waits for the next one as if just connected.
+                self.clock.idle_since = self.clock.now;
+            }
             if was_publishing {
                 self.reply(
                     id,

@@ -1,5 +1,6 @@
 //! A [`ClientSession`] and a [`ServerSession`] talking through memory, deterministically: fixed
-//! epoch, fixed "random" bytes, no clock. [`Pair::pump`] shuttles bytes both ways until neither
+//! epoch, fixed "random" bytes, virtual time (one real instant read once, then moved only by
+//! the test). [`Pair::pump`] shuttles bytes both ways until neither
 //! side has anything left to say, optionally cutting every transfer into pieces of a given size,
 //! so each flow below also runs with TCP-like fragmentation (the idea of quinn-proto's
 //! `tests/util.rs`). Everything goes through the crate's public API.
@@ -9,6 +10,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rtmp_proto::amf0::{self, Amf0Value, AmfLimits};
@@ -20,7 +23,7 @@ use rtmp_proto::handshake::{HANDSHAKE_SIZE, RANDOM_LEN};
 use rtmp_proto::message::{type_id, ControlMessage, UserControlEvent};
 use rtmp_proto::session::{
     notify, ClientEvent, ClientSession, Media, MediaKind, ServerEvent, ServerSession,
-    SessionConfig, SessionError,
+    SessionConfig, SessionError, TimeLimit,
 };
 use rtmp_proto::time::RtmpTimestamp;
 
@@ -75,6 +78,13 @@ const HANDSHAKE_BYTES: usize = 1 + 2 * HANDSHAKE_SIZE;
 const CLIENT_EPOCH: u32 = 1_000;
 const SERVER_EPOCH: u32 = 5_000;
 
+/// Virtual time zero: the one instant these tests read from the clock. Every other instant is
+/// this one plus what a test says has passed.
+fn t0() -> Instant {
+    static T0: OnceLock<Instant> = OnceLock::new();
+    *T0.get_or_init(Instant::now)
+}
+
 fn fixed_random(seed: u8) -> Vec<u8> {
     (0..RANDOM_LEN).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
@@ -105,6 +115,8 @@ struct Pair {
     /// Everything each side wrote, in order.
     client_log: Vec<u8>,
     server_log: Vec<u8>,
+    /// Virtual time: what the server is told with each input.
+    now: Instant,
 }
 
 impl Pair {
@@ -120,7 +132,7 @@ impl Pair {
     ) -> Self {
         Pair {
             client: ClientSession::new(client_config, CLIENT_EPOCH, &fixed_random(1), digest),
-            server: ServerSession::new(server_config, SERVER_EPOCH, &fixed_random(2)),
+            server: ServerSession::new(server_config, SERVER_EPOCH, &fixed_random(2), t0()),
             fragment: fragment.max(1),
             to_server_wire: BytesMut::new(),
             to_client_wire: BytesMut::new(),
@@ -131,7 +143,13 @@ impl Pair {
             server_events: VecDeque::new(),
             client_log: Vec::new(),
             server_log: Vec::new(),
+            now: t0(),
         }
+    }
+
+    /// Lets virtual time pass without any bytes moving.
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
     }
 
     /// Moves bytes both ways until neither side writes anything and all that was written has
@@ -171,7 +189,8 @@ impl Pair {
     }
 
     fn feed_server(&mut self) -> PairResult {
-        self.server.handle_input(&mut self.server_input).map_err(|e| (Side::Server, e))?;
+        let now = self.now;
+        self.server.handle_input(&mut self.server_input, now).map_err(|e| (Side::Server, e))?;
         while let Some(event) = self.server.poll_event() {
             if matches!(
                 event,
@@ -1224,10 +1243,278 @@ fn chunk_errors_surface_as_session_errors() {
 
 #[test]
 fn a_bad_version_byte_is_a_handshake_error() {
-    let mut server = ServerSession::new(SessionConfig::default(), 0, &fixed_random(3));
+    let mut server = ServerSession::new(SessionConfig::default(), 0, &fixed_random(3), t0());
     let mut input = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
-    let error = server.handle_input(&mut input).unwrap_err();
+    let error = server.handle_input(&mut input, t0()).unwrap_err();
     assert_eq!(error.kind(), "handshake");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time limits, on virtual time: nothing sleeps, the test says how much time passes, and the
+// server is asked what the relay's read loop asks (`poll_timeout`, then `handle_timeout`).
+
+/// Distinct limits, so each deadline says which limit it belongs to.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
+const IDLE_LIMIT: Duration = Duration::from_secs(7);
+const PUBLISHER_LIMIT: Duration = Duration::from_secs(3);
+/// Less than any limit: "a moment before".
+const TICK: Duration = Duration::from_millis(1);
+
+fn timed_pair(fragment: usize) -> Pair {
+    let server = SessionConfig {
+        handshake_timeout: HANDSHAKE_LIMIT,
+        idle_before_play: IDLE_LIMIT,
+        publisher_idle: PUBLISHER_LIMIT,
+        ..SessionConfig::default()
+    };
+    Pair::with_configs(false, fragment, SessionConfig::default(), server)
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+impl Pair {
+    /// The server's next deadline, as virtual time since `t0`.
+    fn deadline(&self) -> Option<Duration> {
+        self.server.poll_timeout().map(|at| at - t0())
+    }
+
+    /// What the read loop does when no bytes come: a moment before the deadline nothing
+    /// happens; at it, `limit` ends the session.
+    fn expect_timeout_at(&mut self, at: Duration, limit: TimeLimit) {
+        assert_eq!(self.deadline(), Some(at), "the {limit:?} deadline");
+        assert_eq!(self.server.handle_timeout(t0() + at - TICK), Ok(()), "early: nothing");
+        let error = self.server.handle_timeout(t0() + at).unwrap_err();
+        assert_eq!(error, SessionError::Timeout(limit));
+        assert_eq!(error.kind(), limit.name());
+        assert_eq!(self.server.handle_timeout(t0() + at + secs(60)), Err(error), "and later");
+    }
+
+    /// publish(`key`) on `stream_id`, accepted.
+    fn publish_accepted(&mut self, stream_id: u32, key: &str) {
+        self.client.publish(stream_id, key);
+        self.pump().unwrap();
+        assert!(matches!(self.server_events()[..], [ServerEvent::PublishRequested { .. }]));
+        self.answer(|server| server.accept_publish(stream_id, key)).unwrap();
+        self.client_events();
+    }
+
+    /// play(`key`) on `stream_id`, accepted.
+    fn play_accepted(&mut self, stream_id: u32, key: &str) {
+        self.client.play(stream_id, key);
+        self.pump().unwrap();
+        assert!(matches!(self.server_events()[..], [ServerEvent::PlayRequested { .. }]));
+        self.answer(|server| server.accept_play(stream_id, key)).unwrap();
+        self.client_events();
+    }
+}
+
+/// The names the relay's counters and logs have always used.
+#[test]
+fn time_limits_keep_their_names() {
+    assert_eq!(TimeLimit::Handshake.name(), "handshake_timeout");
+    assert_eq!(TimeLimit::IdleBeforePlay.name(), "idle_before_play");
+    assert_eq!(TimeLimit::PublisherIdle.name(), "publisher_idle");
+    let error = SessionError::Timeout(TimeLimit::IdleBeforePlay);
+    assert_eq!(error.kind(), "idle_before_play");
+    assert_eq!(error.to_string(), "time limit idle_before_play reached");
+}
+
+/// The defaults are the relay's flag defaults (`--handshake-timeout-secs` and the others).
+#[test]
+fn default_time_limits() {
+    let config = SessionConfig::default();
+    assert_eq!(config.handshake_timeout, secs(10));
+    assert_eq!(config.idle_before_play, secs(30));
+    assert_eq!(config.publisher_idle, secs(30));
+}
+
+/// A connection that says nothing at all is cut off when the handshake limit runs out.
+#[test]
+fn a_silent_connection_meets_the_handshake_limit() {
+    let mut pair = timed_pair(usize::MAX);
+    pair.expect_timeout_at(HANDSHAKE_LIMIT, TimeLimit::Handshake);
+}
+
+/// Handshake plus connect must fit the limit, counted from `new`: bytes that come meanwhile,
+/// however many, do not push it (a slowloris trickling its handshake or its connect).
+#[test]
+fn the_handshake_limit_counts_from_new_until_connect() {
+    for &fragment in FRAGMENTS {
+        let mut pair = timed_pair(fragment);
+        pair.advance(secs(1));
+        pair.pump().unwrap();
+        assert_eq!(pair.client_events(), [ClientEvent::HandshakeDone]);
+        assert_eq!(pair.deadline(), Some(HANDSHAKE_LIMIT), "fragment {fragment}");
+        // A call before connect is refused, and does not buy time either.
+        pair.advance(secs(3));
+        pair.client.create_stream();
+        pair.pump().unwrap();
+        assert!(matches!(pair.server_events()[..], [ServerEvent::CommandRefused { .. }]));
+        pair.expect_timeout_at(HANDSHAKE_LIMIT, TimeLimit::Handshake);
+    }
+}
+
+/// Once connected, the handshake limit is over; the client has `idle_before_play` from its
+/// connect to publish or play, and other calls do not extend it.
+#[test]
+fn connect_ends_the_handshake_limit_and_starts_idle_before_play() {
+    let mut pair = timed_pair(usize::MAX);
+    pair.advance(secs(2));
+    pair.connect().unwrap(); // handshake, connect and createStream, all at 2 s
+    assert_eq!(pair.deadline(), Some(secs(2) + IDLE_LIMIT));
+    assert_eq!(pair.server.handle_timeout(t0() + HANDSHAKE_LIMIT + secs(1)), Ok(()));
+    pair.advance(secs(3));
+    pair.client.create_stream();
+    pair.pump().unwrap();
+    assert_eq!(pair.client_events(), [ClientEvent::StreamCreated { stream_id: 2 }]);
+    pair.expect_timeout_at(secs(2) + IDLE_LIMIT, TimeLimit::IdleBeforePlay);
+}
+
+/// While the driver decides on a publish or play, and after it refuses one, the wait for a
+/// publish or play goes on: a refused request does not restart it.
+#[test]
+fn a_pending_or_refused_request_leaves_idle_before_play_running() {
+    let mut pair = timed_pair(usize::MAX);
+    pair.connect().unwrap();
+    pair.advance(secs(5));
+    pair.client.publish(1, "taken");
+    pair.pump().unwrap();
+    assert!(matches!(pair.server_events()[..], [ServerEvent::PublishRequested { .. }]));
+    assert_eq!(pair.deadline(), Some(IDLE_LIMIT), "pending");
+    pair.answer(|server| server.reject_publish(1, code::PUBLISH_BAD_NAME, "taken")).unwrap();
+    assert_eq!(pair.deadline(), Some(IDLE_LIMIT), "refused");
+    pair.client.play(1, "nothing");
+    pair.pump().unwrap();
+    assert_eq!(pair.deadline(), Some(IDLE_LIMIT), "play pending");
+    pair.answer(|server| server.reject_play(1, code::PLAY_STREAM_NOT_FOUND, "no")).unwrap();
+    pair.expect_timeout_at(IDLE_LIMIT, TimeLimit::IdleBeforePlay);
+}
+
+/// An accepted publish ends the wait for one; from then on the publisher's silence is what is
+/// limited, and every read, even of bytes that do not make a whole message yet, pushes the
+/// deadline forward.
+#[test]
+fn a_publisher_meets_the_idle_limit_pushed_by_each_input() {
+    for &fragment in FRAGMENTS {
+        let mut pair = timed_pair(fragment);
+        pair.connect().unwrap();
+        pair.advance(secs(6));
+        pair.publish_accepted(1, "cam");
+        assert_eq!(pair.deadline(), Some(secs(6) + PUBLISHER_LIMIT), "fragment {fragment}");
+        // Past the idle-before-play deadline: it no longer runs.
+        assert_eq!(pair.server.handle_timeout(t0() + IDLE_LIMIT + secs(1)), Ok(()));
+
+        pair.advance(secs(2));
+        assert_media_flows(&mut pair, 1, 0);
+        assert_eq!(pair.deadline(), Some(secs(8) + PUBLISHER_LIMIT), "fragment {fragment}");
+
+        // The first byte of a chunk: no message yet, but the peer is there.
+        pair.advance(secs(2));
+        pair.client.send_raw(&[0x04]);
+        pair.pump().unwrap();
+        assert_eq!(pair.server_events(), []);
+        assert_eq!(pair.deadline(), Some(secs(10) + PUBLISHER_LIMIT), "fragment {fragment}");
+        pair.expect_timeout_at(secs(10) + PUBLISHER_LIMIT, TimeLimit::PublisherIdle);
+    }
+}
+
+/// A player may stay silent as long as it likes: no deadline once its play is accepted.
+#[test]
+fn a_player_has_no_deadline() {
+    let mut pair = timed_pair(usize::MAX);
+    pair.connect().unwrap();
+    pair.advance(secs(1));
+    pair.play_accepted(1, "cam");
+    assert_eq!(pair.deadline(), None);
+    assert_eq!(pair.server.handle_timeout(t0() + secs(24 * 3600)), Ok(()));
+    // Nor when it pauses.
+    let pause = CommandMessage::new("pause", 0.0, Amf0Value::Null)
+        .arg(Amf0Value::Boolean(true))
+        .arg(Amf0Value::Number(0.0));
+    pair.client.send_raw(&raw_command(1, &pause));
+    pair.pump().unwrap();
+    assert_eq!(pair.deadline(), None);
+}
+
+/// A publisher that also plays is limited as a publisher; when it stops publishing it is a
+/// player, with no deadline.
+#[test]
+fn publishing_and_playing_is_limited_as_publishing() {
+    let mut pair = timed_pair(usize::MAX);
+    pair.connect().unwrap();
+    pair.publish_accepted(1, "cam");
+    pair.client.create_stream();
+    pair.pump().unwrap();
+    assert_eq!(pair.client_events(), [ClientEvent::StreamCreated { stream_id: 2 }]);
+    pair.advance(secs(1));
+    pair.play_accepted(2, "other");
+    assert_eq!(pair.deadline(), Some(secs(1) + PUBLISHER_LIMIT));
+    pair.advance(secs(1));
+    pair.client.delete_stream(1);
+    pair.pump().unwrap();
+    assert_eq!(pair.server_events(), [ServerEvent::StreamClosed { stream_id: 1 }]);
+    assert_eq!(pair.deadline(), None);
+}
+
+/// A connection whose last publish or play ended waits for the next one as a fresh connection
+/// does: the wait counts from the end, not from its connect long ago.
+#[test]
+fn the_wait_for_publish_or_play_restarts_when_the_last_stream_ends() {
+    let mut pair = timed_pair(usize::MAX);
+    pair.connect().unwrap();
+    pair.publish_accepted(1, "cam");
+    for second in 1..=100 {
+        pair.advance(secs(1));
+        assert_media_flows(&mut pair, 1, second * 1000);
+    }
+    pair.client.delete_stream(1);
+    pair.pump().unwrap();
+    assert_eq!(pair.server_events(), [ServerEvent::StreamClosed { stream_id: 1 }]);
+    assert_eq!(
+        pair.client_events(),
+        [status(1, level::STATUS, code::UNPUBLISH_SUCCESS, "Stopped publishing")]
+    );
+    assert_eq!(pair.deadline(), Some(secs(100) + IDLE_LIMIT));
+
+    // The same for a player, and a publish accepted again ends the wait again.
+    pair.client.create_stream();
+    pair.pump().unwrap();
+    assert_eq!(pair.client_events(), [ClientEvent::StreamCreated { stream_id: 2 }]);
+    pair.advance(secs(3));
+    pair.play_accepted(2, "cam");
+    assert_eq!(pair.deadline(), None);
+    pair.advance(secs(50));
+    pair.client.delete_stream(2);
+    pair.pump().unwrap();
+    assert_eq!(pair.server_events(), [ServerEvent::StreamClosed { stream_id: 2 }]);
+    assert_eq!(pair.deadline(), Some(secs(153) + IDLE_LIMIT));
+    pair.client.create_stream();
+    pair.pump().unwrap();
+    pair.client_events();
+    pair.advance(secs(1));
+    pair.publish_accepted(3, "cam");
+    assert_eq!(pair.deadline(), Some(secs(154) + PUBLISHER_LIMIT));
+    pair.expect_timeout_at(secs(154) + PUBLISHER_LIMIT, TimeLimit::PublisherIdle);
+}
+
+/// A timer that wakes early changes nothing, and time the driver reports out of order does not
+/// move a deadline back.
+#[test]
+fn early_wakeups_and_stale_instants_change_nothing() {
+    let mut pair = timed_pair(usize::MAX);
+    pair.connect().unwrap();
+    pair.publish_accepted(1, "cam");
+    pair.advance(secs(2));
+    assert_media_flows(&mut pair, 1, 0);
+    for early in [0, 1, 2, 4] {
+        assert_eq!(pair.server.handle_timeout(t0() + secs(early)), Ok(()));
+    }
+    // Bytes handed over with an older instant than the last one.
+    pair.now = t0() + secs(1);
+    assert_media_flows(&mut pair, 1, 40);
+    pair.expect_timeout_at(secs(2) + PUBLISHER_LIMIT, TimeLimit::PublisherIdle);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1324,14 +1611,15 @@ const FFMPEG_PUBLISH: &[u8] = include_bytes!("data/session_ffmpeg_publish.bin");
 
 /// Feeds the capture to a ServerSession, accepting the publish, and returns its events.
 fn serve_capture(piece: usize) -> (Vec<ServerEvent>, Vec<RawMessage>) {
-    let mut server = ServerSession::new(SessionConfig::default(), SERVER_EPOCH, &fixed_random(2));
+    let mut server =
+        ServerSession::new(SessionConfig::default(), SERVER_EPOCH, &fixed_random(2), t0());
     let mut input = BytesMut::new();
     let mut events = Vec::new();
     let mut log = Vec::new();
     for part in FFMPEG_PUBLISH.chunks(piece.min(FFMPEG_PUBLISH.len())) {
         input.extend_from_slice(part);
         loop {
-            server.handle_input(&mut input).unwrap();
+            server.handle_input(&mut input, t0()).unwrap();
             let mut answered = false;
             while let Some(event) = server.poll_event() {
                 if let ServerEvent::PublishRequested { stream_id, name, .. } = &event {
@@ -1430,12 +1718,12 @@ proptest::proptest! {
             bytes[at] = value;
         }
         let config = SessionConfig::default();
-        let mut server = ServerSession::new(config, SERVER_EPOCH, &fixed_random(2));
+        let mut server = ServerSession::new(config, SERVER_EPOCH, &fixed_random(2), t0());
         let mut input = BytesMut::new();
         'feed: for part in bytes.chunks(piece) {
             input.extend_from_slice(part);
             loop {
-                if server.handle_input(&mut input).is_err() {
+                if server.handle_input(&mut input, t0()).is_err() {
                     break 'feed;
                 }
                 proptest::prop_assert!(

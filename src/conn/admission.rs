@@ -1,4 +1,5 @@
-//! Connection admission and the per-connection time limits.
+//! Connection admission and the per-connection count limits (the time limits are the session's:
+//! see `rtmp_proto::session::SessionConfig`).
 //!
 //! Per-IP counts are kept per shard, like everything else (design.md, invariant 2): each shard
 //! enforces its share of the per-IP limits (`limit / shards`, rounded up). SO_REUSEPORT spreads
@@ -10,24 +11,19 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::time::Duration;
 
 use rtmp_proto::amf0::AmfError;
 use rtmp_proto::chunk::DecodeError;
 use rtmp_proto::command::CommandError;
-use rtmp_proto::session::SessionError;
+use rtmp_proto::session::{SessionError, TimeLimit};
 
 use crate::metrics::Limit;
 
-/// Time and count limits for one connection. Each stops a named attack; each trips a counter.
+/// Count and size limits for one connection. Each stops a named attack; each trips a counter.
+/// Its time limits (handshake, idle before play, publisher idle) are in the session's
+/// `SessionConfig`, which runs them on the time the connection gives it.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
-    /// Handshake plus `connect` (slowloris, half-open floods).
-    pub handshake: Duration,
-    /// From `connect` to the first publish or play (idle connections holding descriptors).
-    pub idle_before_play: Duration,
-    /// A publisher that sends nothing for this long is closed.
-    pub publisher_idle: Duration,
     /// SO_SNDBUF for players (0: kernel autotuning).
     pub player_send_buffer: usize,
     /// Open connections per IP address on this shard (its share of the server's limit).
@@ -57,6 +53,15 @@ impl Refusal {
     }
 }
 
+/// The limit (named after its flag) that a session time limit is.
+pub fn time_limit(limit: TimeLimit) -> Limit {
+    match limit {
+        TimeLimit::Handshake => Limit::HandshakeTimeoutSecs,
+        TimeLimit::IdleBeforePlay => Limit::IdleBeforePlaySecs,
+        TimeLimit::PublisherIdle => Limit::PublisherIdleSecs,
+    }
+}
+
 /// The limit a protocol error reports, if it is one of the protocol's bounds (counted besides
 /// the protocol error itself).
 pub fn tripped_by(error: &SessionError) -> Option<Limit> {
@@ -69,6 +74,7 @@ pub fn tripped_by(error: &SessionError) -> Option<Limit> {
             Some(Limit::MaxPartialBytes)
         }
         SessionError::TooManyStreams { .. } => Some(Limit::MaxMessageStreams),
+        SessionError::Timeout(limit) => Some(time_limit(*limit)),
         SessionError::Command(CommandError::Amf(amf)) => match amf {
             AmfError::TooDeep => Some(Limit::MaxAmfDepth),
             AmfError::StringTooLong(_) => Some(Limit::MaxAmfStringBytes),
@@ -169,9 +175,6 @@ mod tests {
 
     fn limits(per_ip: u32, handshaking: u32) -> ConnLimits {
         ConnLimits {
-            handshake: Duration::from_secs(1),
-            idle_before_play: Duration::from_secs(1),
-            publisher_idle: Duration::from_secs(1),
             player_send_buffer: 0,
             max_per_ip: per_ip,
             max_handshaking_per_ip: handshaking,

@@ -1,5 +1,6 @@
 //! One connection's life: admitted or refused, its two tasks (reader and writer), the read loop
-//! with the time limit that bounds each read, and the one log line that says how it ended.
+//! that waits for input no longer than the session's next deadline, and the one log line that
+//! says how it ended.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use glommio::net::TcpStream;
-use rtmp_proto::session::{ServerSession, SessionError};
+use rtmp_proto::session::{ServerSession, SessionError, TimeLimit};
 use tracing::{debug, info, warn};
 
 use super::requests::{PendingPlay, PendingPublish};
@@ -60,8 +61,8 @@ pub(super) enum Ended {
     PeerClosed,
     /// The socket failed.
     Io(std::io::Error),
-    /// A time limit ran out.
-    Timeout(Limit),
+    /// A time limit of the session ran out.
+    Timeout(TimeLimit),
     /// The peer broke the protocol.
     Protocol(SessionError),
     /// The server closed it (its queue says why).
@@ -70,6 +71,16 @@ pub(super) enum Ended {
     PublishRefused,
     /// A play was refused by a limit; the reply is sent before closing.
     Refused(Limit),
+}
+
+impl Ended {
+    /// Why the session ended the connection: a time limit, or the peer broke the protocol.
+    fn of(error: SessionError) -> Self {
+        match error {
+            SessionError::Timeout(limit) => Ended::Timeout(limit),
+            e => Ended::Protocol(e),
+        }
+    }
 }
 
 pub(super) async fn serve_connection(
@@ -119,7 +130,7 @@ pub(super) async fn serve_connection(
 
     ctx.open.borrow_mut().insert(conn_id, queue.clone());
     let epoch_ms = ctx.epoch.elapsed().as_millis() as u32;
-    let session = ServerSession::new(ctx.session, epoch_ms, &ctx.random_bytes());
+    let session = ServerSession::new(ctx.session, epoch_ms, &ctx.random_bytes(), Instant::now());
     let mut conn = Connection {
         ctx: ctx.clone(),
         conn_id,
@@ -148,10 +159,11 @@ pub(super) async fn serve_connection(
             info!(error = %e, "connection closed on socket error")
         }
         Ended::Timeout(limit) => {
-            if *limit == Limit::HandshakeTimeoutSecs {
+            let limit = admission::time_limit(*limit);
+            if limit == Limit::HandshakeTimeoutSecs {
                 ctx.counters.handshake_timeouts.inc();
             }
-            ctx.counters.limit_tripped(*limit);
+            ctx.counters.limit_tripped(limit);
             warn!(limit = limit.name(), "closing connection: time limit reached");
         }
         Ended::Protocol(e) => {
@@ -210,9 +222,6 @@ impl Connection {
         // socket read wants initialised memory): a memset per publisher read that cost more than
         // copying the bytes that actually arrive.
         let mut read_buf = vec![0u8; SMALL_READ];
-        let limits = self.ctx.limits;
-        let handshake_deadline = Instant::now() + limits.handshake;
-        let mut connected_at = None;
         loop {
             // Only await points let a scrape in (the shard runs one task at a time), so the
             // state is brought up to date before each.
@@ -220,24 +229,18 @@ impl Connection {
             if !self.publishing.is_empty() && read_buf.len() < LARGE_READ {
                 read_buf = vec![0u8; LARGE_READ];
             }
-            // Which limit bounds this read: the handshake, the wait for publish/play, or a
-            // publisher's silence. A player may stay silent as long as it likes.
-            let deadline = if self.session.app().is_none() {
-                Some((handshake_deadline, Limit::HandshakeTimeoutSecs))
-            } else if self.publishing.is_empty() && self.playing.is_empty() {
-                let since = *connected_at.get_or_insert_with(Instant::now);
-                Some((since + limits.idle_before_play, Limit::IdleBeforePlaySecs))
-            } else if !self.publishing.is_empty() {
-                Some((Instant::now() + limits.publisher_idle, Limit::PublisherIdleSecs))
-            } else {
-                None
-            };
-            let read = match deadline {
-                Some((deadline, limit)) => {
+            // The session says how long this read may wait: the handshake, the wait for
+            // publish/play, a publisher's silence, or (a player) as long as it likes.
+            let read = match self.session.poll_timeout() {
+                Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     match within(left, self.socket.read(&mut read_buf)).await {
                         Some(read) => read,
-                        None => return Ended::Timeout(limit),
+                        None => match self.session.handle_timeout(Instant::now()) {
+                            Err(e) => return Ended::of(e),
+                            // The timer woke before the deadline: wait the rest.
+                            Ok(()) => continue,
+                        },
                     }
                 }
                 None => self.socket.read(&mut read_buf).await,
@@ -297,7 +300,7 @@ impl Connection {
                 return Ok(());
             }
             let before = input.len();
-            self.session.handle_input(input).map_err(Ended::Protocol)?;
+            self.session.handle_input(input, now).map_err(Ended::of)?;
             let mut had_events = false;
             while let Some(event) = self.session.poll_event() {
                 had_events = true;

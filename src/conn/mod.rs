@@ -15,7 +15,7 @@
 //! outlives it.
 //!
 //! # Files
-//! - `admission.rs`: who gets in: the connection and per-address limits, and the time limits.
+//! - `admission.rs`: who gets in: the connection and per-address limits.
 //! - `driver.rs`: one connection's life: admission, the read loop, close logging.
 //! - `requests.rs`: what the session asks: publish, play, media, pause, close, and the waits
 //!   for another shard's answer.

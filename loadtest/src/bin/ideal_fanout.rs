@@ -33,6 +33,7 @@ use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use clap::Parser;
@@ -238,7 +239,7 @@ impl Server {
             }
             let conn = Conn {
                 socket,
-                session: ServerSession::new(self.config, 0, &random),
+                session: ServerSession::new(self.config, 0, &random, Instant::now()),
                 input: BytesMut::with_capacity(READ_SIZE),
                 queue: VecDeque::new(),
                 queued_bytes: 0,
@@ -310,7 +311,7 @@ impl Server {
     ) -> Result<(), rtmp_proto::session::SessionError> {
         loop {
             let before = conn.input.len();
-            conn.session.handle_input(&mut conn.input)?;
+            conn.session.handle_input(&mut conn.input, Instant::now())?;
             let mut had_events = false;
             while let Some(event) = conn.session.poll_event() {
                 had_events = true;
