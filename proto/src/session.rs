@@ -70,6 +70,11 @@ impl SessionError {
     /// A short stable name for counters and logs.
     pub fn kind(&self) -> &'static str {
         match self {
+            // rtmps:// aimed at the plain port: counted apart, it is a configuration mistake of
+            // the client's, not an attack or a broken peer.
+            SessionError::Handshake(HandshakeError::UnsupportedVersion(0x16)) => {
+                "tls_on_plain_port"
+            }
             SessionError::Handshake(_) => "handshake",
             SessionError::Chunk(chunk::DecodeError::MessageTooLong { .. }) => "message_too_long",
             SessionError::Chunk(chunk::DecodeError::TooManyChunkStreams { .. }) => {
@@ -948,6 +953,26 @@ impl ClientSession {
         self.transport.send_control(ControlMessage::UserControl(
             UserControlEvent::SetBufferLength { stream_id, millis: 1000 },
         ));
+    }
+
+    /// `releaseStream(name)` and `FCPublish(name)`, as FMLE, OBS and ffmpeg send them before
+    /// `createStream` when they publish: some servers (and CDN ingests) expect them.
+    pub fn announce_publish(&mut self, name: &str) {
+        for command in ["releaseStream", "FCPublish"] {
+            let tid = self.next_tid();
+            let message =
+                CommandMessage::new(command, tid, Amf0Value::Null).arg(Amf0Value::string(name));
+            self.transport.send_command(0, &message);
+        }
+    }
+
+    /// `FCUnpublish(name)`: the publisher is done with `name` (sent before `deleteStream`, so
+    /// the server sees the stream end, not just the connection).
+    pub fn fc_unpublish(&mut self, name: &str) {
+        let tid = self.next_tid();
+        let command =
+            CommandMessage::new("FCUnpublish", tid, Amf0Value::Null).arg(Amf0Value::string(name));
+        self.transport.send_command(0, &command);
     }
 
     /// `deleteStream(stream_id)`: ends a publish or play.

@@ -8,6 +8,7 @@ mod http;
 mod prometheus;
 mod recording;
 pub mod stats;
+mod transport;
 
 use std::cell::{Cell, RefCell};
 
@@ -15,6 +16,7 @@ pub use http::{serve as serve_http, HttpError, HttpServer};
 pub use prometheus::render as render_prometheus;
 pub use recording::{RecordCounters, RecordCountersSnapshot};
 pub use stats::{DeliveryTotals, ShardStats, StreamStats, SubscriberStats};
+pub use transport::{PushState, PushStats, RelaysJson, TlsCounters, TlsSnapshot, TransportStats};
 
 /// A monotonically increasing shard-local counter.
 #[derive(Debug, Default)]
