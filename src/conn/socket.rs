@@ -214,10 +214,11 @@ impl Socket {
         let Some(tls) = &self.tls else { return Ok(()) };
         while tls.conn.borrow().is_handshaking() {
             self.flush_tls(tls).await?;
-            if !tls.feed()? && tls.conn.borrow().is_handshaking() {
-                if self.read_ciphertext(tls).await? == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
+            if !tls.feed()?
+                && tls.conn.borrow().is_handshaking()
+                && self.read_ciphertext(tls).await? == 0
+            {
+                return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
         self.flush_tls(tls).await
