@@ -674,6 +674,33 @@ mod tests {
     }
 
     #[test]
+    fn rtmps_certificates_and_push_rules_come_from_the_config_file() {
+        let path = temp_file(
+            "sections.toml",
+            "rtmps-listen = \"127.0.0.1:1443\"\n\
+             [[rtmps-certs]]\ncert = \"/tls/a.pem\"\nkey = \"/tls/a.key\"\nnames = [\"a.test\"]\n\
+             [[push]]\napp = \"live\"\nnames = \"cam*\"\nurl = \"rtmp://127.0.0.2/live/{name}\"\n",
+        );
+        let config = Config::load(["rtmp-relay", "--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(config.rtmps_cert_specs().len(), 1);
+        assert_eq!(config.rtmps_cert_specs()[0].names, ["a.test"]);
+        let push = config.push_settings().unwrap();
+        assert_eq!(push.rules.len(), 1);
+        assert!(push.rules[0].matches(&crate::stream::StreamKey::new("live", "cam1")));
+        let bad = temp_file("badpush.toml", "[[push]]\nurl = \"http://x/a/b\"\n");
+        let config = Config::load(["rtmp-relay", "--config", bad.to_str().unwrap()]).unwrap();
+        assert!(config.push_settings().unwrap_err().to_string().contains("rtmp"));
+        let unknown = temp_file("unknownpush.toml", "[[push]]\nurl = \"rtmp://h/a/b\"\nfoo = 1\n");
+        let err = Config::load(["rtmp-relay", "--config", unknown.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("foo"), "{err}");
+        for p in [path, bad, unknown] {
+            std::fs::remove_file(p).unwrap();
+        }
+        let no_cert = Config::parse_from(["rtmp-relay", "--rtmps-listen", "127.0.0.1:1443"]);
+        assert!(no_cert.validate().is_err(), "an RTMPS listener needs a certificate");
+    }
+
+    #[test]
     fn recording_knobs_are_validated() {
         let config = Config::parse_from([
             "rtmp-relay",
