@@ -237,11 +237,112 @@ pub struct Config {
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub record_buffer_bytes: usize,
 
+    /// Address to accept RTMPS (RTMP over TLS) connections on, e.g. `0.0.0.0:443`. Needs
+    /// --rtmps-cert and --rtmps-key (or `[[rtmps-certs]]` in the config file). Same shards,
+    /// limits and timeouts as the plain listener; the TLS handshake counts against
+    /// --handshake-timeout-secs and --max-handshaking-per-ip.
+    #[arg(long, env = "RTMP_RELAY_RTMPS_LISTEN")]
+    pub rtmps_listen: Option<SocketAddr>,
+
+    /// The RTMPS listener's certificate chain, PEM, leaf first: its default certificate.
+    #[arg(long, env = "RTMP_RELAY_RTMPS_CERT")]
+    pub rtmps_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --rtmps-cert, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "RTMP_RELAY_RTMPS_KEY")]
+    pub rtmps_key: Option<std::path::PathBuf>,
+
+    /// Seconds between looks at the certificate files; a changed file is reloaded without
+    /// dropping a session (a bad one is refused, logged, and the old certificate kept). SIGHUP
+    /// reloads at once. 0: only on SIGHUP.
+    #[arg(long, default_value_t = 5)]
+    pub tls_reload_check_secs: u64,
+
+    /// More RTMPS certificates, chosen by SNI (config file only): `[[rtmps-certs]]` tables with
+    /// `cert`, `key` and `names = ["live.example.com", "*.example.net"]`.
+    #[arg(skip)]
+    pub rtmps_certs: Vec<CertEntry>,
+
+    /// Push every published stream to this URL (`rtmp://` or `rtmps://`; `{app}` and `{name}`
+    /// are replaced by the stream's). Per-app rules with patterns: `[[push]]` in the config file.
+    #[arg(long, env = "RTMP_RELAY_PUSH")]
+    pub push: Option<String>,
+
+    /// Push rules (config file only): `[[push]]` tables with `url`, and optionally `app`,
+    /// `names` (a `*` pattern), `ca-file`, `insecure-skip-verify`, `pin-sha256`.
+    #[arg(skip)]
+    pub pushes: Vec<PushEntry>,
+
+    /// Bytes queued for one push destination above which it is disconnected and reconnected
+    /// (a destination slower than the stream; video is skipped to the next keyframe long
+    /// before, past --subscriber-soft-lag-ms).
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub push_queue_bytes: usize,
+
+    /// Milliseconds before the first retry of a failed push; doubles per failure in a row.
+    #[arg(long, default_value_t = 500)]
+    pub push_backoff_min_ms: u64,
+
+    /// Longest wait between two attempts of a failing push, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub push_backoff_max_secs: u64,
+
+    /// Seconds a push has to connect, complete its handshakes and start publishing.
+    #[arg(long, default_value_t = 10)]
+    pub push_connect_timeout_secs: u64,
+
+    /// CA certificates (PEM) that rtmps:// push destinations are verified against, instead of
+    /// the Mozilla root set built in.
+    #[arg(long)]
+    pub push_ca_file: Option<std::path::PathBuf>,
+
+    /// Do not verify rtmps:// push destinations' certificates (testing with self-signed
+    /// certificates only: the connection is encrypted, not authenticated).
+    #[arg(long)]
+    pub push_insecure_skip_verify: bool,
+
     /// A TOML file of settings: keys are the long flag names (`listen = "0.0.0.0:1935"`,
     /// `shards = 8`, `record-dir = "/var/lib/rtmp-relay"`; `_` or `-` alike). Flags given on the
     /// command line override it.
     #[arg(long, env = "RTMP_RELAY_CONFIG")]
     pub config: Option<std::path::PathBuf>,
+}
+
+/// One RTMPS certificate of the config file (`[[rtmps-certs]]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CertEntry {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+/// One push rule of the config file (`[[push]]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PushEntry {
+    /// Destination URL; `{app}` and `{name}` are replaced by the local stream's.
+    pub url: String,
+    /// Only streams of this app (default: every app).
+    pub app: Option<String>,
+    /// Only stream names matching this `*` pattern (default: every name).
+    pub names: Option<String>,
+    pub ca_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// SHA-256 fingerprint of the destination's certificate (hex, colons allowed).
+    pub pin_sha256: Option<String>,
+}
+
+/// The structured sections of a config file, which are not flags.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct Sections {
+    #[serde(default, alias = "rtmps_certs")]
+    rtmps_certs: Vec<CertEntry>,
+    #[serde(default)]
+    push: Vec<PushEntry>,
 }
 
 /// A config file that cannot be read or used.
@@ -270,20 +371,33 @@ impl Config {
         let Some(path) = from_flags.config.clone() else { return Ok(from_flags) };
         let text = std::fs::read_to_string(&path)
             .map_err(|source| LoadError::Read { path: path.clone(), source })?;
-        let file_flags = toml_to_flags(&text)
+        let (file_flags, sections) = toml_to_flags(&text)
             .map_err(|message| LoadError::Invalid { path: path.clone(), message })?;
         let mut merged = Vec::with_capacity(args.len() + file_flags.len());
         merged.extend(args.first().cloned());
         merged.extend(file_flags.into_iter().map(Into::into));
         merged.extend(args.into_iter().skip(1));
-        Ok(Config::try_parse_from(merged)?)
+        let mut config = Config::try_parse_from(merged)?;
+        config.rtmps_certs = sections.rtmps_certs;
+        config.pushes = sections.push;
+        Ok(config)
     }
 }
 
 /// `key = value` pairs of a TOML table as `--key=value` flags (arrays joined with commas,
-/// `true` booleans as bare flags).
-fn toml_to_flags(text: &str) -> Result<Vec<String>, String> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.message().to_owned())?;
+/// `true` booleans as bare flags), and the structured sections (`[[rtmps-certs]]`, `[[push]]`).
+fn toml_to_flags(text: &str) -> Result<(Vec<String>, Sections), String> {
+    let mut table: toml::Table =
+        text.parse().map_err(|e: toml::de::Error| e.message().to_owned())?;
+    let mut sections = toml::Table::new();
+    for name in ["rtmps-certs", "rtmps_certs", "push"] {
+        if let Some(value) = table.remove(name) {
+            sections.insert(name.replace('_', "-"), value);
+        }
+    }
+    let sections: Sections = toml::Value::Table(sections)
+        .try_into()
+        .map_err(|e: toml::de::Error| e.message().to_owned())?;
     let mut flags = Vec::with_capacity(table.len());
     for (key, value) in table {
         let flag = format!("--{}", key.replace('_', "-"));
@@ -306,7 +420,7 @@ fn toml_to_flags(text: &str) -> Result<Vec<String>, String> {
             other => flags.push(format!("{flag}={}", scalar(other)?)),
         }
     }
-    Ok(flags)
+    Ok((flags, sections))
 }
 
 impl Default for Config {
@@ -333,6 +447,21 @@ impl Config {
         }
         if let Some(record) = self.record_config() {
             record.validate().map_err(|e| ConfigError(format!("recording: {e}")))?;
+        }
+        if self.rtmps_listen.is_some() && self.rtmps_cert_specs().is_empty() {
+            return Err(ConfigError(
+                "--rtmps-listen needs a certificate: --rtmps-cert and --rtmps-key, or \
+                 [[rtmps-certs]] in the config file"
+                    .into(),
+            ));
+        }
+        if self.rtmps_cert.is_some() != self.rtmps_key.is_some() {
+            return Err(ConfigError("--rtmps-cert and --rtmps-key go together".into()));
+        }
+        if self.push_backoff_min_ms == 0 || self.push_connect_timeout_secs == 0 {
+            return Err(ConfigError(
+                "--push-backoff-min-ms and --push-connect-timeout-secs must be above 0".into(),
+            ));
         }
         if self.max_message_bytes == 0 || self.max_message_bytes > 0xff_ffff {
             return Err(ConfigError(format!(
@@ -413,6 +542,80 @@ impl Config {
             record: self.record_config().map(std::rc::Rc::new),
             record_apps: self.record_apps.clone().into(),
         }
+    }
+
+    /// The RTMPS listener's certificates: the flags' first (the default), then the file's.
+    pub fn rtmps_cert_specs(&self) -> Vec<crate::tls::CertSpec> {
+        let mut specs = Vec::new();
+        if let (Some(cert), Some(key)) = (&self.rtmps_cert, &self.rtmps_key) {
+            specs.push(crate::tls::CertSpec {
+                cert: cert.clone(),
+                key: key.clone(),
+                names: vec![],
+            });
+        }
+        specs.extend(self.rtmps_certs.iter().map(|e| crate::tls::CertSpec {
+            cert: e.cert.clone(),
+            key: e.key.clone(),
+            names: e.names.clone(),
+        }));
+        specs
+    }
+
+    /// The push relays: rules parsed, TLS client configurations built (this reads CA files:
+    /// called once at start, off the shards).
+    pub fn push_settings(&self) -> Result<crate::relay::PushSettings, ConfigError> {
+        let mut entries = self.pushes.clone();
+        if let Some(url) = &self.push {
+            entries.push(PushEntry {
+                url: url.clone(),
+                app: None,
+                names: None,
+                ca_file: None,
+                insecure_skip_verify: false,
+                pin_sha256: None,
+            });
+        }
+        let mut rules = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let masked = crate::relay::mask_url(&entry.url);
+            let destination = crate::relay::Destination::parse(&entry.url)
+                .map_err(|e| ConfigError(format!("push: {e}")))?;
+            let tls = if destination.tls {
+                let pin = entry
+                    .pin_sha256
+                    .as_deref()
+                    .map(crate::tls::parse_fingerprint)
+                    .transpose()
+                    .map_err(|e| ConfigError(format!("push {masked}: pin-sha256 {e}")))?;
+                let options = crate::tls::ClientTlsOptions {
+                    ca_file: entry.ca_file.clone().or_else(|| self.push_ca_file.clone()),
+                    insecure_skip_verify: entry.insecure_skip_verify
+                        || self.push_insecure_skip_verify,
+                    pin_sha256: pin,
+                };
+                let config = crate::tls::client_config(&options)
+                    .map_err(|e| ConfigError(format!("push {masked}: {e}")))?;
+                Some(config)
+            } else {
+                None
+            };
+            rules.push(crate::relay::PushRule {
+                app: entry.app,
+                pattern: entry.names,
+                destination,
+                tls,
+            });
+        }
+        Ok(crate::relay::PushSettings {
+            rules,
+            queue_bytes: self.push_queue_bytes,
+            backoff_min: Duration::from_millis(self.push_backoff_min_ms),
+            backoff_max: Duration::from_secs(self.push_backoff_max_secs)
+                .max(Duration::from_millis(self.push_backoff_min_ms)),
+            connect_timeout: Duration::from_secs(self.push_connect_timeout_secs),
+            session: self.session_config(),
+        })
     }
 
     /// The protocol settings every session of this server uses.
@@ -537,6 +740,33 @@ mod tests {
         }
         let missing = Config::load(["rtmp-relay", "--config", "/nonexistent/relay.toml"]);
         assert!(matches!(missing, Err(LoadError::Read { .. })));
+    }
+
+    #[test]
+    fn rtmps_certificates_and_push_rules_come_from_the_config_file() {
+        let path = temp_file(
+            "sections.toml",
+            "rtmps-listen = \"127.0.0.1:1443\"\n\
+             [[rtmps-certs]]\ncert = \"/tls/a.pem\"\nkey = \"/tls/a.key\"\nnames = [\"a.test\"]\n\
+             [[push]]\napp = \"live\"\nnames = \"cam*\"\nurl = \"rtmp://127.0.0.2/live/{name}\"\n",
+        );
+        let config = Config::load(["rtmp-relay", "--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(config.rtmps_cert_specs().len(), 1);
+        assert_eq!(config.rtmps_cert_specs()[0].names, ["a.test"]);
+        let push = config.push_settings().unwrap();
+        assert_eq!(push.rules.len(), 1);
+        assert!(push.rules[0].matches(&crate::stream::StreamKey::new("live", "cam1")));
+        let bad = temp_file("badpush.toml", "[[push]]\nurl = \"http://x/a/b\"\n");
+        let config = Config::load(["rtmp-relay", "--config", bad.to_str().unwrap()]).unwrap();
+        assert!(config.push_settings().unwrap_err().to_string().contains("rtmp"));
+        let unknown = temp_file("unknownpush.toml", "[[push]]\nurl = \"rtmp://h/a/b\"\nfoo = 1\n");
+        let err = Config::load(["rtmp-relay", "--config", unknown.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("foo"), "{err}");
+        for p in [path, bad, unknown] {
+            std::fs::remove_file(p).unwrap();
+        }
+        let no_cert = Config::parse_from(["rtmp-relay", "--rtmps-listen", "127.0.0.1:1443"]);
+        assert!(no_cert.validate().is_err(), "an RTMPS listener needs a certificate");
     }
 
     #[test]

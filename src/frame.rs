@@ -96,6 +96,20 @@ impl Frame {
         }
     }
 
+    /// The chunks a publisher sends for this frame on message stream `stream_id`: metadata
+    /// wrapped in `@setDataFrame` again (as encoders send it, so the next server stores it for
+    /// its late joiners), anything else as [`Self::encoded_for`] gives it. For outbound relays.
+    pub fn encoded_for_publish(&self, stream_id: u32, encoder: &ChunkEncoder) -> Bytes {
+        if self.class != FrameClass::Metadata {
+            return self.encoded_for(stream_id, encoder);
+        }
+        const SET_DATA_FRAME: &[u8] = b"\x02\x00\x0d@setDataFrame";
+        let mut payload = BytesMut::with_capacity(SET_DATA_FRAME.len() + self.payload.len());
+        payload.extend_from_slice(SET_DATA_FRAME);
+        payload.extend_from_slice(&self.payload);
+        encode(self.kind, self.timestamp, &payload, stream_id, encoder)
+    }
+
     /// Payload bytes (what the bitrate and cache limits count).
     pub fn len(&self) -> usize {
         self.payload.len()

@@ -10,13 +10,16 @@
 //! - [`config`]: one `Config`, and the composition root's conversions from it into each
 //!   module's settings (`ConnLimits`, `RelaySettings`, `RecordConfig`, `SessionConfig`), so no
 //!   module below knows `Config`.
+//! - [`relay`]: outbound relays (push to other servers), each an RTMP client session over
+//!   conn's socket and a sink of its stream.
 //! - [`conn`]: the only place bytes meet sockets; drives one `ServerSession` per connection.
 //! - [`stream`]: registry, streams, late-join cache, fan-out and per-connection queues; knows
 //!   nothing of sockets.
 //! - [`record`]: the FLV recorder, a sink of streams.
 //! - leaves, importing nothing from the crate: [`frame`] (the message as relayed, shared by the
-//!   fan-out and the recorder), [`metrics`] (counters, stats, the HTTP control plane) and
-//!   [`telemetry`] (log set-up and rate limits).
+//!   fan-out and the recorder), [`metrics`] (counters, stats, the HTTP control plane),
+//!   [`telemetry`] (log set-up and rate limits) and [`tls`] (rustls configurations: listener
+//!   certificates by SNI and their reload, outbound verification).
 //! - `rtmp_proto` (crate `proto/`): the sans-IO protocol; knows nothing of shards or sockets.
 //!
 //! `tests/architecture.rs` keeps this order true: it reads every `crate::` path in `src/` and
@@ -27,9 +30,11 @@ pub mod conn;
 pub mod frame;
 pub mod metrics;
 pub mod record;
+pub mod relay;
 pub mod runtime;
 pub mod stream;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
 pub use runtime::{start, ServerHandle, ShardSnapshot, StartError};

@@ -34,11 +34,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let signal = wait_for(&signals);
+    // SIGHUP reloads the RTMPS certificates (on the reloader's thread); SIGINT/SIGTERM stop.
+    let signal = loop {
+        match wait_for(&signals) {
+            "SIGHUP" => {
+                info!("SIGHUP: reloading TLS certificates");
+                server.request_tls_reload();
+            }
+            signal => break signal,
+        }
+    };
     info!(signal, timeout_secs = config.shutdown_timeout_secs, "shutting down gracefully");
     // A second signal means "now": an operator who does not want to wait is not made to.
     std::thread::spawn(move || {
-        let signal = wait_for(&signals);
+        let signal = loop {
+            match wait_for(&signals) {
+                "SIGHUP" => continue,
+                signal => break signal,
+            }
+        };
         error!(signal, "second signal: exiting at once");
         std::process::exit(130);
     });
@@ -61,6 +75,7 @@ fn abort_on_panic() {
     }));
 }
 
+/// SIGINT and SIGTERM (shutdown) and SIGHUP (reload certificates).
 fn block_shutdown_signals() -> std::io::Result<libc::sigset_t> {
     // SAFETY: sigemptyset/sigaddset initialise the set we own; pthread_sigmask only changes this
     // thread's mask.
@@ -69,6 +84,7 @@ fn block_shutdown_signals() -> std::io::Result<libc::sigset_t> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if rc != 0 {
             return Err(std::io::Error::from_raw_os_error(rc));
@@ -81,9 +97,9 @@ fn wait_for(set: &libc::sigset_t) -> &'static str {
     let mut signal = 0;
     // SAFETY: `set` was initialised by `block_shutdown_signals` and its signals are blocked.
     unsafe { libc::sigwait(set, &mut signal) };
-    if signal == libc::SIGTERM {
-        "SIGTERM"
-    } else {
-        "SIGINT"
+    match signal {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "SIGINT",
     }
 }

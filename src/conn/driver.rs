@@ -88,6 +88,7 @@ pub(super) async fn serve_connection(
     stream: TcpStream,
     conn_id: u64,
     peer: SocketAddr,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 ) {
     ctx.counters.connections_accepted.inc();
     let admitted = if ctx.open_connections() >= ctx.max_connections {
@@ -112,11 +113,21 @@ pub(super) async fn serve_connection(
     if let Err(e) = stream.set_nodelay(true) {
         debug!(error = %e, "could not set TCP_NODELAY");
     }
+    let socket = match tls {
+        None => Socket::new(stream),
+        Some(config) => match Socket::tls_server(stream, config, ctx.tls_counters.clone()) {
+            Ok(socket) => socket,
+            Err(e) => {
+                warn!(error = %e, "cannot start TLS on the connection");
+                return;
+            }
+        },
+    };
     ctx.counters.connections_open.inc();
     let state = StateGauge::new(ctx.counters.clone());
     info!("connection opened");
 
-    let socket = Rc::new(Socket::new(stream));
+    let socket = Rc::new(socket);
     let queue = Rc::new(OutQueue::new(Instant::now()));
     let writer = {
         let socket = socket.clone();

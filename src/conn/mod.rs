@@ -19,7 +19,8 @@
 //! - `driver.rs`: one connection's life: admission, the read loop, close logging.
 //! - `requests.rs`: what the session asks: publish, play, media, pause, close, and the waits
 //!   for another shard's answer.
-//! - `socket.rs`: reads, vectored writes, and whether the peer is still there.
+//! - `socket.rs`: reads, vectored writes, TLS (RTMPS) between the socket and the session, and
+//!   whether the peer is still there.
 //!
 //! [`Publication`]: crate::stream::Publication
 
@@ -43,9 +44,9 @@ use tracing::field::Empty;
 use tracing::{info_span, Instrument};
 
 pub use admission::{Admission, ConnLimits, IpTable, Refusal};
-pub use socket::Socket;
+pub use socket::{Socket, TlsFailure};
 
-use crate::metrics::ShardCounters;
+use crate::metrics::{ShardCounters, TlsCounters};
 use crate::stream::{CloseReason, OutQueue, Registry};
 use crate::telemetry::LogLimiter;
 
@@ -55,6 +56,8 @@ pub struct ConnContext {
     pub shard_id: usize,
     pub registry: Registry,
     pub counters: Rc<ShardCounters>,
+    /// The RTMPS listener's handshakes on this shard.
+    pub tls_counters: Rc<TlsCounters>,
     pub session: SessionConfig,
     pub limits: ConnLimits,
     /// Open connections this shard admits (its share of `--max-connections`).
@@ -91,6 +94,7 @@ impl ConnContext {
             shard_id,
             registry,
             counters,
+            tls_counters: Rc::default(),
             session,
             limits,
             max_connections,
@@ -144,11 +148,30 @@ impl ConnContext {
 /// this connection only. Everything it logs is inside a `conn` span carrying the shard, the
 /// connection id, the peer and, once known, the app and stream key.
 pub async fn serve(ctx: Rc<ConnContext>, stream: TcpStream) {
+    serve_over(ctx, stream, None).await
+}
+
+/// [`serve`] for a connection of an RTMPS listener: TLS with `config`, then the same RTMP
+/// connection, limits and timeouts (the TLS handshake counts against the handshake timeout and
+/// the per-address handshaking limit).
+pub async fn serve_tls(
+    ctx: Rc<ConnContext>,
+    stream: TcpStream,
+    config: std::sync::Arc<rustls::ServerConfig>,
+) {
+    serve_over(ctx, stream, Some(config)).await
+}
+
+async fn serve_over(
+    ctx: Rc<ConnContext>,
+    stream: TcpStream,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) {
     let conn_id = ctx.next_conn_id();
     let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let span =
-        info_span!("conn", shard = ctx.shard_id, id = conn_id, %peer, app = Empty, key = Empty);
-    driver::serve_connection(ctx, stream, conn_id, peer).instrument(span).await;
+    let span = info_span!("conn", shard = ctx.shard_id, id = conn_id, %peer, tls = tls.is_some(),
+        app = Empty, key = Empty);
+    driver::serve_connection(ctx, stream, conn_id, peer, tls).instrument(span).await;
 }
 
 /// `future`'s output, unless `limit` passes first. Every wait of a connection is bounded, and

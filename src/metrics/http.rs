@@ -106,6 +106,10 @@ fn route(url: &str, gather: &Gather) -> HttpResponse {
             Ok(shards) => respond(200, "text/plain; version=0.0.4; charset=utf-8", render(&shards)),
             Err(e) => e,
         },
+        "/api/relays" => match gathered() {
+            Ok(shards) => json(&super::RelaysJson::of(&shards)),
+            Err(e) => e,
+        },
         "/api/streams" => match gathered() {
             Ok(shards) => {
                 let streams: Vec<StreamJson> =

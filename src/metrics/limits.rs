@@ -93,6 +93,9 @@ limits! {
     /// `--mesh-control-limit`: control messages queued to a stuck shard; a publish or play
     /// that needs that shard is refused.
     MeshControlLimit => "mesh_control_limit",
+    /// `--push-queue-bytes`: an outbound relay (push) whose destination fell this far behind;
+    /// its session is closed and reconnects.
+    PushQueueBytes => "push_queue_bytes",
 }
 
 impl Limit {

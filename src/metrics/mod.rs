@@ -9,6 +9,7 @@ mod limits;
 mod prometheus;
 mod recording;
 pub mod stats;
+mod transport;
 
 use std::cell::{Cell, RefCell};
 
@@ -16,6 +17,7 @@ pub use http::{serve as serve_http, HttpError, HttpServer};
 pub use limits::{Limit, LimitCounters, LimitCounts};
 pub use recording::{RecordCounters, RecordCountersSnapshot};
 pub use stats::{DeliveryTotals, ShardStats, StreamStats, SubscriberStats};
+pub use transport::{PushState, PushStats, RelaysJson, TlsCounters, TlsSnapshot, TransportStats};
 
 /// A monotonically increasing shard-local counter.
 #[derive(Debug, Default)]

@@ -17,17 +17,17 @@ use prometheus_client::registry::Registry;
 use super::stats::{DeliveryTotals, ShardStats, StreamStats};
 use super::{ConnState, CountersSnapshot, Read};
 
-type Labels = Vec<(String, String)>;
+pub(super) type Labels = Vec<(String, String)>;
 
 /// Quantiles exported for each latency histogram.
 const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
 
-struct Families {
+pub(super) struct Families {
     registry: Registry,
 }
 
 impl Families {
-    fn counter(&mut self, name: &str, help: &str, series: Vec<(Labels, u64)>) {
+    pub(super) fn counter(&mut self, name: &str, help: &str, series: Vec<(Labels, u64)>) {
         let family = Family::<Labels, Counter>::default();
         for (labels, value) in series {
             family.get_or_create(&labels).inc_by(value);
@@ -35,7 +35,7 @@ impl Families {
         self.registry.register(name, help, family);
     }
 
-    fn gauge(&mut self, name: &str, help: &str, series: Vec<(Labels, i64)>) {
+    pub(super) fn gauge(&mut self, name: &str, help: &str, series: Vec<(Labels, i64)>) {
         let family = Family::<Labels, Gauge>::default();
         for (labels, value) in series {
             family.get_or_create(&labels).set(value);
@@ -43,7 +43,7 @@ impl Families {
         self.registry.register(name, help, family);
     }
 
-    fn gauge_f64(&mut self, name: &str, help: &str, series: Vec<(Labels, f64)>) {
+    pub(super) fn gauge_f64(&mut self, name: &str, help: &str, series: Vec<(Labels, f64)>) {
         let family = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         for (labels, value) in series {
             family.get_or_create(&labels).set(value);
@@ -52,7 +52,7 @@ impl Families {
     }
 }
 
-fn labels(pairs: &[(&str, String)]) -> Labels {
+pub(super) fn labels(pairs: &[(&str, String)]) -> Labels {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
 }
 
@@ -337,6 +337,8 @@ pub fn render(shards: &[ShardStats]) -> String {
         "Time from play to the first frame written to the player (quantiles since start; 1 = max)",
         ttff,
     );
+
+    super::transport::render(&mut f, shards);
 
     let mut out = String::new();
     // Writing to a String cannot fail.

@@ -34,6 +34,8 @@ pub struct ShardStats {
     /// Per other shard: (messages sent to it, received from it, media dropped to it).
     pub mesh: Vec<(u64, u64, u64)>,
     pub streams: Vec<StreamStats>,
+    /// RTMPS handshakes and push relays (filled in by the runtime).
+    pub transport: super::TransportStats,
 }
 
 /// A stream as one shard sees it: the owner's full view, or a mirror's local players.

@@ -23,7 +23,10 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::config::Config;
 use crate::conn::{self, ConnContext};
-use crate::metrics::{CountersSnapshot, HttpServer, Limit, LimitCounts, ShardCounters, ShardStats};
+use crate::metrics::{
+    CountersSnapshot, HttpServer, Limit, LimitCounts, ShardCounters, ShardStats, TransportStats,
+};
+use crate::relay::{PushRelays, PushSettings};
 use crate::stream::{Registry, ShardMessage, ShardOutbox, StreamKey};
 use crate::telemetry::LogLimiter;
 
@@ -43,6 +46,8 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
     Http(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Asks every shard for its stats; `None` if one does not answer within a second.
@@ -85,6 +90,10 @@ enum Control {
 #[derive(Debug)]
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    /// The RTMPS listener's address, when there is one.
+    rtmps_addr: Option<SocketAddr>,
+    /// The RTMPS certificates and the thread that reloads them.
+    tls: Option<(crate::tls::ServerTls, crate::tls::CertReloader)>,
     shard_addrs: Vec<Option<SocketAddr>>,
     shards: Vec<ShardHandle>,
     http: Option<HttpServer>,
@@ -110,6 +119,41 @@ impl ServerHandle {
     /// The address the server listens on (with `--listen 127.0.0.1:0`, the port it picked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The RTMPS listener's address (with port 0, the port it picked).
+    pub fn rtmps_addr(&self) -> Option<SocketAddr> {
+        self.rtmps_addr
+    }
+
+    /// Reloads the RTMPS certificates now (what SIGHUP does). On failure the old ones stay and
+    /// the reason is returned.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        match &self.tls {
+            Some((tls, _)) => tls.reload(),
+            None => Err("no RTMPS listener".into()),
+        }
+    }
+
+    /// (certificate reloads done, reloads refused), by SIGHUP, by file change or by
+    /// [`Self::reload_tls`].
+    pub fn tls_reload_counts(&self) -> (u64, u64) {
+        self.tls.as_ref().map_or((0, 0), |(tls, _)| tls.resolver.reload_counts())
+    }
+
+    /// Asks the reloader thread for a reload at its next tick, without waiting (safe from a
+    /// signal-handling thread).
+    pub fn request_tls_reload(&self) {
+        if let Some((_, reloader)) = &self.tls {
+            reloader.request();
+        }
+    }
+
+    /// Every shard's RTMPS and push relay report.
+    pub fn transport_stats(&self) -> Vec<TransportStats> {
+        let controls: Vec<mpsc::Sender<Control>> =
+            self.shards.iter().map(|s| s.control.clone()).collect();
+        gather_stats(&controls).unwrap_or_default().into_iter().map(|s| s.transport).collect()
     }
 
     pub fn shard_count(&self) -> usize {
@@ -173,6 +217,7 @@ impl ServerHandle {
 
     fn stop(&mut self) {
         self.http = None;
+        self.tls = None;
         for shard in &self.shards {
             let _ = shard.control.send(Control::Shutdown);
         }
@@ -221,6 +266,21 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
     let local_addr =
         probe.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
     drop(probe);
+    // The RTMPS listener: its certificates are read here, on the controlling thread, and
+    // afterwards by the reloader's thread, never on a shard.
+    let (rtmps_addr, server_tls) = match config.rtmps_listen {
+        Some(addr) => {
+            let tls = crate::tls::ServerTls::load(config.rtmps_cert_specs())
+                .map_err(|e| StartError::Tls(format!("RTMPS certificates: {e}")))?;
+            let probe = std::net::TcpListener::bind(addr)
+                .map_err(|source| StartError::Bind { addr, source })?;
+            let bound = probe.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+            drop(probe);
+            (Some(bound), Some(tls))
+        }
+        None => (None, None),
+    };
+    let push_settings = config.push_settings()?;
 
     let shard_count = config.shard_count();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -245,6 +305,8 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
             placement,
             io_memory,
             mesh: mesh.clone(),
+            rtmps: rtmps_addr.zip(server_tls.as_ref().map(|t| t.config.clone())),
+            push: push_settings.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("shard-{shard_id}"))
@@ -253,8 +315,23 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         shards.push(ShardHandle { control: control_tx, thread: Some(thread) });
         ready.push(ready_rx);
     }
-    let mut handle =
-        ServerHandle { local_addr, shard_addrs: vec![None; shard_count], shards, http: None };
+    let tls = match server_tls {
+        Some(tls) => {
+            let interval = Duration::from_secs(config.tls_reload_check_secs);
+            let reloader = crate::tls::CertReloader::start(tls.clone(), interval)
+                .map_err(|e| StartError::Tls(format!("cannot start the reloader thread: {e}")))?;
+            Some((tls, reloader))
+        }
+        None => None,
+    };
+    let mut handle = ServerHandle {
+        local_addr,
+        rtmps_addr,
+        tls,
+        shard_addrs: vec![None; shard_count],
+        shards,
+        http: None,
+    };
     for (thread_index, ready_rx) in ready.into_iter().enumerate() {
         match ready_rx.recv() {
             Ok(Ok((shard_id, test_addr))) => handle.shard_addrs[shard_id] = test_addr,
@@ -290,6 +367,9 @@ struct ShardSetup {
     placement: Placement,
     io_memory: usize,
     mesh: MeshBuilder<ShardMessage, Full>,
+    /// The RTMPS listener's address and TLS configuration.
+    rtmps: Option<(SocketAddr, std::sync::Arc<rustls::ServerConfig>)>,
+    push: PushSettings,
 }
 
 /// (shard id, the shard's own test listener) once the shard serves.
@@ -342,7 +422,7 @@ async fn wait_for_shutdown(
 }
 
 async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready: Ready) {
-    let ShardSetup { thread_index, shard_count, addr, config, mesh, .. } = setup;
+    let ShardSetup { thread_index, shard_count, addr, config, mesh, rtmps, push, .. } = setup;
     let bind = |addr: SocketAddr| {
         TcpListener::bind(addr)
             .map_err(|e| StartError::Bind { addr, source: std::io::Error::other(e.to_string()) })
@@ -355,7 +435,14 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
         };
         Ok((listener, test_listener))
     });
-    let (listener, test_listener) = match listeners {
+    let listeners = listeners.and_then(|(listener, test_listener)| {
+        let tls_listener = match &rtmps {
+            Some((addr, config)) => Some((bind(*addr)?, config.clone())),
+            None => None,
+        };
+        Ok((listener, test_listener, tls_listener))
+    });
+    let (listener, test_listener, tls_listener) = match listeners {
         Ok(listeners) => listeners,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -407,6 +494,10 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
     );
     ctx.debug_panic_key = config.debug_panic_on_key.clone();
     let ctx = Rc::new(ctx);
+    let pushes = Rc::new(PushRelays::new(push, ctx.registry.settings().clone(), shard_id));
+    if !pushes.is_empty() {
+        ctx.registry.set_publish_hook(pushes.clone());
+    }
     let snapshot = {
         let ctx = ctx.clone();
         move || ShardSnapshot {
@@ -472,6 +563,28 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
     };
     let test_accept =
         test_listener.map(|l| glommio::spawn_local(accept_loop(l).instrument(span.clone())));
+    let tls_accept = tls_listener.map(|(listener, tls)| {
+        let ctx = ctx.clone();
+        let task = async move {
+            let error_log = LogLimiter::new(ACCEPT_ERROR_LOG_INTERVAL);
+            loop {
+                match listener.accept().await {
+                    Ok(stream) => {
+                        let serve = conn::serve_tls(ctx.clone(), stream, tls.clone());
+                        glommio::spawn_local(serve).detach();
+                    }
+                    Err(e) => {
+                        ctx.counters.accept_errors.inc();
+                        if let Some(not_logged) = error_log.check(Instant::now()) {
+                            warn!(error = %e, errors_not_logged = not_logged, "RTMPS accept failed");
+                        }
+                        glommio::timer::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        };
+        glommio::spawn_local(task.instrument(span.clone()))
+    });
     let housekeeping = {
         let ctx = ctx.clone();
         async move {
@@ -488,13 +601,20 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
                     }
                 }
             };
-            let stats = || Some(ctx.registry.shard_stats(Instant::now()));
+            let stats = || {
+                let now = Instant::now();
+                let mut stats = ctx.registry.shard_stats(now);
+                stats.transport =
+                    TransportStats { tls: ctx.tls_counters.snapshot(), pushes: pushes.stats(now) };
+                Some(stats)
+            };
             periodic.or(wait_for_shutdown(&control, &snapshot, stats)).await;
         }
     };
     async {
         accept_loop(listener).or(housekeeping).await;
         drop(test_accept);
+        drop(tls_accept);
         shut_down_gracefully(&ctx, config.shutdown_timeout()).await;
     }
     .instrument(span)

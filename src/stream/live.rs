@@ -410,7 +410,9 @@ impl Stream {
         now: Instant,
         settings: &RelaySettings,
     ) {
-        subscriber.queue.attach_stats(self.wait.clone(), now);
+        if !subscriber.is_relay() {
+            subscriber.queue.attach_stats(self.wait.clone(), now);
+        }
         let mut state = self.state.borrow_mut();
         if state.publisher.is_some() {
             let replay = state.cache.replay(state.last_timestamp, &settings.encoder);
@@ -419,6 +421,18 @@ impl Stream {
             subscriber.skipping.set(true);
         }
         state.subscribers.push(subscriber);
+    }
+
+    /// Adds an outbound relay's sink to a stream this shard owns: it gets the late-join cache
+    /// (metadata, sequence headers, the GOP from its keyframe) and then every frame, under the
+    /// slow-sink policy, like a player. Its driver removes it with [`Self::detach_sink`].
+    pub fn attach_sink(&self, sink: Rc<Subscriber>, now: Instant, settings: &RelaySettings) {
+        self.add_subscriber(sink, now, settings);
+    }
+
+    /// Removes an outbound relay's sink.
+    pub fn detach_sink(&self, conn_id: u64, stream_id: u32) {
+        self.remove_subscriber(conn_id, stream_id);
     }
 
     /// Removes a local player; returns how many entries went (0 or 1).
@@ -571,6 +585,7 @@ impl Stream {
         let subscribers: Vec<SubscriberStats> = state
             .subscribers
             .iter()
+            .filter(|s| !s.is_relay())
             .map(|s| SubscriberStats {
                 peer: s.peer.to_string(),
                 conn_id: s.conn_id,
@@ -630,7 +645,8 @@ pub(super) fn notify_all(
     write: fn(&ChunkEncoder, u32, &str, &mut BytesMut),
 ) {
     let shared = notification(settings, PLAY_STREAM_ID, key, write);
-    for subscriber in subscribers {
+    // Relays are told by their driver (FCUnpublish, deleteStream), not with play notices.
+    for subscriber in subscribers.iter().filter(|s| !s.is_relay()) {
         let bytes = if subscriber.stream_id == PLAY_STREAM_ID {
             shared.clone()
         } else {

@@ -37,7 +37,7 @@ pub use publication::Publication;
 pub use queue::{CloseReason, OutQueue};
 pub use registry::{PublishStart, Registry};
 pub use shard::{owner_of, PublishWaiter, ShardMessage, ShardOutbox, SnapshotWaiter};
-pub use subscriber::Subscriber;
+pub use subscriber::{SinkKind, Subscriber};
 
 /// A stream's identity: the `connect` app and the publish/play name without its query.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -105,6 +105,16 @@ pub trait Liveness: fmt::Debug {
     /// True once the connection can publish nothing more: its peer closed it (FIN) or reset
     /// it, or the socket failed or was shut down. A cheap check that never waits.
     fn is_gone(&self) -> bool;
+}
+
+/// What starts and stops with each publish of a stream this shard owns, besides the stream
+/// itself: the outbound relays (push) of the stream's app. Implemented above this module (it
+/// opens connections); the registry calls it on the owner shard, whatever the publisher's shard.
+pub trait PublishHook: fmt::Debug {
+    /// A publish of `stream` started.
+    fn published(&self, stream: &Rc<Stream>, now: std::time::Instant);
+    /// That publish ended (the publisher left, or the server shuts down).
+    fn unpublished(&self, stream: &Rc<Stream>, now: std::time::Instant);
 }
 
 /// Why a publish was refused.

@@ -27,12 +27,28 @@ pub struct Subscriber {
     /// The message stream id the player plays on.
     pub stream_id: u32,
     pub queue: Rc<OutQueue>,
+    /// A player, or an outbound relay publishing the stream to another server.
+    kind: SinkKind,
     /// Dropping video until the next keyframe (fell behind, joined without a cached GOP, or
     /// resumed from pause).
     pub(super) skipping: Cell<bool>,
     paused: Cell<bool>,
     delivery: Delivery,
     skip_log: LogLimiter,
+}
+
+/// What kind of sink a [`Subscriber`] is: both get the same frames under the same slow-sink
+/// policy (design.md, invariant 6), each with its own hard limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkKind {
+    /// A playing connection: gets the play notifications (StreamEOF, UnpublishNotify...).
+    Player,
+    /// An outbound relay (push): publishes the stream onwards, so it gets metadata as
+    /// `@setDataFrame` and no play notifications (its driver ends the publish itself).
+    Relay {
+        /// Queued bytes above which the relay is cut (and reconnects).
+        hard_queue_bytes: usize,
+    },
 }
 
 /// This player's share of its stream's out counters: plain `Cell`s, bumped on the shard that
@@ -57,11 +73,35 @@ impl Subscriber {
             peer,
             stream_id,
             queue,
+            kind: SinkKind::Player,
             skipping: Cell::new(false),
             paused: Cell::new(false),
             delivery: Delivery::default(),
             skip_log: LogLimiter::new(SKIP_LOG_INTERVAL),
         }
+    }
+
+    /// An outbound relay's sink: the frames of the stream for its queue, on the message stream
+    /// the destination gave it.
+    pub fn relay(
+        conn_id: u64,
+        peer: SocketAddr,
+        stream_id: u32,
+        queue: Rc<OutQueue>,
+        hard_queue_bytes: usize,
+    ) -> Self {
+        Self {
+            kind: SinkKind::Relay { hard_queue_bytes },
+            ..Self::new(conn_id, peer, stream_id, queue)
+        }
+    }
+
+    pub fn kind(&self) -> SinkKind {
+        self.kind
+    }
+
+    pub fn is_relay(&self) -> bool {
+        matches!(self.kind, SinkKind::Relay { .. })
     }
 
     /// Frames this subscriber skipped.
@@ -90,7 +130,10 @@ impl Subscriber {
     }
 
     pub(super) fn push_frame(&self, frame: &Rc<Frame>, now: Instant, settings: &RelaySettings) {
-        if self.stream_id == PLAY_STREAM_ID {
+        if self.is_relay() && frame.class == FrameClass::Metadata {
+            let bytes = frame.encoded_for_publish(self.stream_id, &settings.encoder);
+            self.queue.push_encoded(bytes, frame, now);
+        } else if self.stream_id == PLAY_STREAM_ID {
             self.queue.push_frame(frame.clone(), now);
         } else {
             // A player on an unusual message stream id gets its own encoding; its frames are
@@ -105,7 +148,9 @@ impl Subscriber {
 
     /// Queues a frame from the late-join cache (counted for time to first frame only).
     fn push_replay(&self, frame: &Rc<Frame>, now: Instant, settings: &RelaySettings) {
-        if self.stream_id == PLAY_STREAM_ID {
+        if self.is_relay() {
+            self.push_frame(frame, now, settings);
+        } else if self.stream_id == PLAY_STREAM_ID {
             self.queue.push_replay(frame.clone(), now);
         } else {
             self.queue.push_encoded(
@@ -136,8 +181,12 @@ impl Subscriber {
         if self.queue.close_reason().is_some() {
             return;
         }
-        if self.queue.queued_bytes() > settings.hard_queue_bytes {
-            self.disconnect(CloseReason::HardLimit, Limit::PlayerHardLimitBytes, counters);
+        let (hard_limit, limit) = match self.kind {
+            SinkKind::Player => (settings.hard_queue_bytes, Limit::PlayerHardLimitBytes),
+            SinkKind::Relay { hard_queue_bytes } => (hard_queue_bytes, Limit::PushQueueBytes),
+        };
+        if self.queue.queued_bytes() > hard_limit {
+            self.disconnect(CloseReason::HardLimit, limit, counters);
             return;
         }
         if self.queue.stalled_for(now) > settings.stall {
@@ -194,6 +243,7 @@ impl Subscriber {
         warn!(
             peer = %self.peer,
             conn = self.conn_id,
+            relay = self.is_relay(),
             queued_bytes = self.queue.queued_bytes(),
             reason = reason.as_str(),
             limit = limit.name(),

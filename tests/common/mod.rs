@@ -3,6 +3,8 @@
 //! every relayed byte can be checked.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

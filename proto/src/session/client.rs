@@ -142,6 +142,26 @@ impl ClientSession {
         ));
     }
 
+    /// `releaseStream(name)` and `FCPublish(name)`, as FMLE, OBS and ffmpeg send them before
+    /// `createStream` when they publish: some servers (and CDN ingests) expect them.
+    pub fn announce_publish(&mut self, name: &str) {
+        for command in ["releaseStream", "FCPublish"] {
+            let tid = self.next_tid();
+            let message =
+                CommandMessage::new(command, tid, Amf0Value::Null).arg(Amf0Value::string(name));
+            self.transport.send_command(0, &message);
+        }
+    }
+
+    /// `FCUnpublish(name)`: the publisher is done with `name` (sent before `deleteStream`, so
+    /// the server sees the stream end, not just the connection).
+    pub fn fc_unpublish(&mut self, name: &str) {
+        let tid = self.next_tid();
+        let command =
+            CommandMessage::new("FCUnpublish", tid, Amf0Value::Null).arg(Amf0Value::string(name));
+        self.transport.send_command(0, &command);
+    }
+
     /// `deleteStream(stream_id)`: ends a publish or play.
     pub fn delete_stream(&mut self, stream_id: u32) {
         let command = CommandMessage::new("deleteStream", 0.0, Amf0Value::Null)

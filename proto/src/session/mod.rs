@@ -133,6 +133,11 @@ impl SessionError {
     /// A short stable name for counters and logs.
     pub fn kind(&self) -> &'static str {
         match self {
+            // rtmps:// aimed at the plain port: counted apart, it is a configuration mistake of
+            // the client's, not an attack or a broken peer.
+            SessionError::Handshake(HandshakeError::UnsupportedVersion(0x16)) => {
+                "tls_on_plain_port"
+            }
             SessionError::Handshake(_) => "handshake",
             SessionError::Chunk(chunk::DecodeError::MessageTooLong { .. }) => "message_too_long",
             SessionError::Chunk(chunk::DecodeError::TooManyChunkStreams { .. }) => {

@@ -30,7 +30,7 @@ pub use publish::PublishStart;
 use super::live::{notify_all, Stream};
 use super::shard::{owner_of, PublishWaiter, ShardMessage, ShardOutbox, SnapshotWaiter};
 use super::subscriber::Subscriber;
-use super::{CloseReason, Liveness, RelaySettings, StreamKey};
+use super::{CloseReason, Liveness, PublishHook, RelaySettings, StreamKey};
 use crate::metrics::{Counter, Limit, ShardCounters, ShardStats};
 use crate::record::RecordCounters;
 
@@ -66,6 +66,8 @@ pub struct Registry {
     record_counters: Rc<RecordCounters>,
     /// Recordings finishing in the background (their files not yet closed).
     recordings_closing: Rc<Cell<usize>>,
+    /// Told of every publish start and end of an owned stream (push relays).
+    hook: RefCell<Option<Rc<dyn PublishHook>>>,
 }
 
 impl Registry {
@@ -103,6 +105,26 @@ impl Registry {
             counters,
             record_counters: Rc::default(),
             recordings_closing: Rc::default(),
+            hook: RefCell::new(None),
+        }
+    }
+
+    /// Sets what is told of every publish start and end of a stream this shard owns.
+    pub fn set_publish_hook(&self, hook: Rc<dyn PublishHook>) {
+        *self.hook.borrow_mut() = Some(hook);
+    }
+
+    pub(super) fn hook_published(&self, stream: &Rc<Stream>, now: Instant) {
+        let hook = self.hook.borrow().clone();
+        if let Some(hook) = hook {
+            hook.published(stream, now);
+        }
+    }
+
+    pub(super) fn hook_unpublished(&self, stream: &Rc<Stream>, now: Instant) {
+        let hook = self.hook.borrow().clone();
+        if let Some(hook) = hook {
+            hook.unpublished(stream, now);
         }
     }
 
@@ -215,6 +237,7 @@ impl Registry {
         for stream in self.streams() {
             if stream.stop_publishing(None, now, &self.settings) && !stream.is_mirror() {
                 self.counters.publishers.dec();
+                self.hook_unpublished(&stream, now);
             }
             self.finish_recording(&stream);
         }
@@ -383,6 +406,7 @@ impl Registry {
             recording: self.record_counters.snapshot(),
             mesh: self.mesh_counts(),
             streams: self.streams.borrow().values().map(|s| s.stats(self.shard_id, now)).collect(),
+            transport: Default::default(),
         }
     }
 }

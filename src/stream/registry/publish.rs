@@ -236,6 +236,7 @@ impl Registry {
         self.counters.publishes.inc();
         self.counters.publishers.inc();
         self.start_recording(&stream);
+        self.hook_published(&stream, now);
         Ok(stream)
     }
 
@@ -338,6 +339,7 @@ impl Registry {
         if stream.stop_publishing(Some(conn_id), now, &self.settings) {
             self.counters.publishers.dec();
             self.finish_recording(stream);
+            self.hook_unpublished(stream, now);
         }
         self.remove_if_unused(stream);
     }
