@@ -7,9 +7,11 @@
 //! inside `poll_read`, so the buffer is borrowed only for the duration of one poll. Thousands of
 //! idle players thus cost no read buffers of their own.
 //!
-//! Publishers copy what they read (acknowledgements, status) into the connection's input buffer
-//! for the session. Players read megabytes a second each, so their bytes never leave the
-//! scratch buffer: the handshake goes to the session, and from then on the chunk stream goes
+//! Publishers read through glommio and copy what they read (acknowledgements, status) into the
+//! connection's input buffer for the session. Players read megabytes a second each: they wait
+//! on the executor's epoll set ([`Readiness`], see there for why) and `recv` into the scratch
+//! buffer themselves, and their bytes never leave it: the handshake goes to the session, and
+//! from then on the chunk stream goes
 //! through a [`PlayDemux`] while it is still in the scratch buffer. Audio and video come out of
 //! it as [`MediaHead`]s (the first bytes only, which is all a player measures); every other
 //! message is re-encoded (chunk size 128, the session's default, which it keeps because Set
@@ -41,6 +43,7 @@ use rtmp_proto::session::{ClientEvent, ClientSession, SessionConfig, SessionErro
 use rtmp_proto::time::RtmpTimestamp;
 
 use crate::cli::Plan;
+use crate::readiness::{Readiness, Registration};
 use crate::stats::{Gauges, ShardStats};
 
 /// Bytes one read may take from the socket. Large reads matter: each read is a system call,
@@ -58,12 +61,20 @@ pub struct Shard {
     /// When the run started (t = 0): publishers start now, player joins and intervals count from it.
     pub start: Instant,
     pub stats: RefCell<ShardStats>,
+    /// Read readiness of the players' sockets.
+    pub readiness: Rc<Readiness>,
     scratch: RefCell<Vec<u8>>,
 }
 
 impl Shard {
-    pub fn new(plan: Arc<Plan>, start: Instant) -> Self {
-        Self { plan, start, stats: RefCell::default(), scratch: RefCell::new(vec![0; SCRATCH_LEN]) }
+    pub fn new(plan: Arc<Plan>, start: Instant) -> io::Result<Self> {
+        Ok(Self {
+            plan,
+            start,
+            stats: RefCell::default(),
+            readiness: Rc::new(Readiness::new()?),
+            scratch: RefCell::new(vec![0; SCRATCH_LEN]),
+        })
     }
 }
 
@@ -233,6 +244,9 @@ impl DemuxInput {
 /// A connected client.
 pub struct Conn {
     shard: Rc<Shard>,
+    /// Players: the socket's place in the executor's epoll set. Dropped (deregistered) before
+    /// `stream` closes the socket.
+    registration: Option<Registration>,
     stream: TcpStream,
     pub session: ClientSession,
     input: Input,
@@ -267,11 +281,15 @@ impl Conn {
         let epoch_ms = (clock::now_ns() / 1_000_000) as u32;
         let config = SessionConfig::default();
         let session = ClientSession::new(config, epoch_ms, &random, plan.digest);
-        let input = match role {
-            Role::Publish => Input::Session(BytesMut::with_capacity(4096)),
-            Role::Play => Input::Demux(Box::new(DemuxInput::new(&config))),
+        let (input, registration) = match role {
+            Role::Publish => (Input::Session(BytesMut::with_capacity(4096)), None),
+            Role::Play => (
+                Input::Demux(Box::new(DemuxInput::new(&config))),
+                Some(shard.readiness.register(stream.as_raw_fd())?),
+            ),
         };
-        let mut conn = Conn { shard: shard.clone(), stream, session, input, read_ns: 0 };
+        let mut conn =
+            Conn { shard: shard.clone(), registration, stream, session, input, read_ns: 0 };
         conn.flush().await?;
         Ok(conn)
     }
@@ -290,7 +308,10 @@ impl Conn {
     /// and what they carried is queued for [`Conn::poll_incoming`]. End of stream is
     /// [`ConnError::Closed`].
     pub async fn read_some(&mut self, limit: usize) -> Result<usize, ConnError> {
-        let Conn { shard, stream, session, input, read_ns } = self;
+        if self.registration.is_some() {
+            return self.recv_some(limit).await;
+        }
+        let Conn { shard, stream, session, input, read_ns, .. } = self;
         futures_lite::future::poll_fn(|cx| {
             let mut scratch = shard.scratch.borrow_mut();
             let len = scratch.len().min(limit.max(1));
@@ -311,6 +332,64 @@ impl Conn {
             Poll::Ready(taken.map(|()| n))
         })
         .await
+    }
+
+    /// [`Conn::read_some`] for a socket in the executor's epoll set: our own non-blocking
+    /// `recv` whenever the socket may have data.
+    async fn recv_some(&mut self, limit: usize) -> Result<usize, ConnError> {
+        let Conn { shard, registration: Some(registration), stream, session, input, read_ns } =
+            self
+        else {
+            unreachable!("recv_some is for registered sockets");
+        };
+        let readiness = &shard.readiness;
+        loop {
+            futures_lite::future::poll_fn(|cx| readiness.poll_ready(registration, cx)).await;
+            readiness.set_ready(registration, false);
+            let mut scratch = shard.scratch.borrow_mut();
+            let len = scratch.len().min(limit.max(1));
+            // SAFETY: `scratch` is a writable buffer of at least `len` bytes, borrowed until
+            // the call returns; the fd is the open socket `stream` owns.
+            let n = unsafe {
+                libc::recv(stream.as_raw_fd(), scratch.as_mut_ptr().cast(), len, libc::MSG_DONTWAIT)
+            };
+            let n = match usize::try_from(n) {
+                Ok(0) => return Err(ConnError::Closed),
+                Ok(n) => n,
+                Err(_) => {
+                    let e = io::Error::last_os_error();
+                    match e.kind() {
+                        // Drained (or a spurious edge): wait for the next one.
+                        io::ErrorKind::WouldBlock => continue,
+                        io::ErrorKind::Interrupted => {
+                            readiness.set_ready(registration, true);
+                            continue;
+                        }
+                        _ => return Err(ConnError::Io(e)),
+                    }
+                }
+            };
+            if n == len {
+                // A full buffer: there may be more, and no new edge will say so.
+                readiness.set_ready(registration, true);
+            }
+            *read_ns = clock::now_ns();
+            let taken = match input {
+                Input::Session(buffer) => {
+                    buffer.extend_from_slice(&scratch[..n]);
+                    Ok(())
+                }
+                Input::Demux(demux) => demux.take(&scratch[..n], session),
+            };
+            return taken.map(|()| n);
+        }
+    }
+
+    /// Stops watching the socket (a player that will not read again).
+    pub fn stop_reading(&mut self) {
+        if let Some(registration) = self.registration.take() {
+            self.shard.readiness.deregister(&registration);
+        }
     }
 
     /// Feeds the input buffer to the session (players: done by [`Conn::read_some`] already).
@@ -398,6 +477,12 @@ impl Conn {
             Err(ConnError::SetupTimeout)
         })
         .await
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.stop_reading();
     }
 }
 

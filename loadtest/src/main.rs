@@ -10,6 +10,7 @@ mod cli;
 mod conn;
 mod player;
 mod publisher;
+mod readiness;
 mod report;
 mod rng;
 mod shard;

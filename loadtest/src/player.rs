@@ -80,6 +80,7 @@ async fn play_once(
     let _gauge = GaugeGuard::new(shard, gauge);
     if spec.class == PlayerClass::Stalled {
         // Hold the socket, never read: what a frozen client looks like to the server.
+        conn.stop_reading();
         return future::pending().await;
     }
 
