@@ -18,7 +18,8 @@
 //!   drained the socket, and the next edge will say when more came.
 //! - One poller task per executor ([`Readiness::run`]) collects ready sockets with a
 //!   non-blocking `epoll_wait`, sets their flags and wakes the tasks waiting on them, yields so
-//!   they run, and repeats. Only when nothing is ready does it park: the blocking `epoll_wait`
+//!   they run, and repeats. Only when nothing has been ready for a moment ([`SPIN`]) does it
+//!   park: the blocking `epoll_wait`
 //!   runs on glommio's blocking thread (`spawn_blocking`), so the executor stays free for
 //!   publishers and timers, and the first ready socket wakes it. Under load the poller rarely
 //!   parks; when idle it parks once per burst the server sends, not once per player.
@@ -31,10 +32,17 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Events one `epoll_wait` collects at most.
 const EVENTS: usize = 1024;
+
+/// How long the poller keeps looking (yielding to the other tasks in between) after the last
+/// ready socket before it parks. A server writes a message to its players one after another;
+/// on loopback the next player's data is typically microseconds behind the last one, and a
+/// park and wake-up (two thread switches through the blocking thread) costs more than
+/// looking a few more times.
+const SPIN: Duration = Duration::from_micros(50);
 
 /// Longest a parked poller waits before it looks again (a safety net: [`Readiness::stop`]
 /// wakes it at once).
@@ -197,13 +205,17 @@ impl Readiness {
     /// that no blocking `epoll_wait` outlives it.
     pub async fn run(self: std::rc::Rc<Self>) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+        let mut last_ready = Instant::now();
         while !self.stopping.get() {
             let n = epoll_wait(self.epoll.as_raw_fd(), &mut events, 0);
             if n > 0 {
                 if self.dispatch(&events[..n]) {
                     break;
                 }
-                // Let the woken players read before looking again.
+                last_ready = Instant::now();
+            }
+            if n > 0 || last_ready.elapsed() < SPIN {
+                // Let the woken players read (and the others run) before looking again.
                 futures_lite::future::yield_now().await;
                 continue;
             }
