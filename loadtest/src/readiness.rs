@@ -39,9 +39,11 @@ const EVENTS: usize = 1024;
 
 /// How long the poller keeps looking (yielding to the other tasks in between) after the last
 /// ready socket before it parks. A server writes a message to its players one after another;
-/// on loopback the next player's data is typically microseconds behind the last one, and a
-/// park and wake-up (two thread switches through the blocking thread) costs more than
-/// looking a few more times.
+/// on loopback the next player's data is typically microseconds behind the last one, while a
+/// park and wake-up goes through two thread switches on the blocking thread. Measured side by
+/// side at W1 (two generators of 500 players on one core), 50 us against none: about 3% more
+/// CPU (649 vs 629, 663 vs 643 us per player-second) for a generator that reads sooner
+/// (latency p50 14.2 vs 16.2 and 14.0 vs 16.7 ms): less of its own delay in the figures.
 const SPIN: Duration = Duration::from_micros(50);
 
 /// Longest a parked poller waits before it looks again (a safety net: [`Readiness::stop`]
