@@ -12,6 +12,7 @@
 //! including both kernels' loopback or network path.
 
 pub mod clock;
+pub mod demux;
 pub mod marker;
 pub mod procfs;
 pub mod synth;

@@ -10,6 +10,7 @@ mod cli;
 mod conn;
 mod player;
 mod publisher;
+mod readiness;
 mod report;
 mod rng;
 mod shard;
@@ -148,7 +149,7 @@ fn main() -> ExitCode {
         .server_pid
         .and_then(|pid| proc_report(Some(pid), server_baseline, server_start, server_end));
     let loadgen = proc_report(None, self_baseline, self_start, self_end);
-    let totals = collector.totals(&plan, server, loadgen, incomplete);
+    let totals = collector.totals(&plan, server, loadgen, loadgen_cores(&plan), incomplete);
     if !plan.quiet {
         println!();
     }
@@ -175,6 +176,19 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// Cores the executors ran on: the distinct CPUs of `--cpus`, else one per executor as far as
+/// the process's CPU affinity allows.
+fn loadgen_cores(plan: &Plan) -> usize {
+    if !plan.cpus.is_empty() {
+        let mut cpus = plan.cpus.clone();
+        cpus.sort_unstable();
+        cpus.dedup();
+        return cpus.len();
+    }
+    let allowed = std::thread::available_parallelism().map_or(plan.cores, |n| n.get());
+    plan.cores.min(allowed).max(1)
 }
 
 /// Samples `pid` (or this process with `None`), reporting a failure once on stderr.

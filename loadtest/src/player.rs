@@ -1,9 +1,9 @@
 //! A player: joins at its time, plays its stream and measures every audio and video message.
 //!
-//! Per message (one `Media` from the session, whose payload is a `Bytes` the decoder made): a
-//! marker lookup at a fixed offset, a sequence check and one histogram record; nothing is
-//! allocated here. Receive time is taken once per socket read and applies to every message that
-//! read completed.
+//! Per message (one [`MediaHead`] from the connection's demuxer: the payload's first bytes, never
+//! the payload): a marker lookup at a fixed offset, a sequence check and one histogram record;
+//! nothing is allocated. Receive time is taken once per socket read and applies to every message
+//! that read completed.
 //!
 //! Sequence tracking, per kind (video and audio have separate counters, see
 //! [`rtmp_loadtest::marker`]): the first marked frame sets the expectation; a frame above it
@@ -17,12 +17,15 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
+use rtmp_loadtest::demux::MediaHead;
 use rtmp_loadtest::marker;
 use rtmp_proto::command::code;
-use rtmp_proto::session::{ClientEvent, Media, MediaKind};
+use rtmp_proto::session::{ClientEvent, MediaKind};
 
 use crate::cli::PlayerClass;
-use crate::conn::{sleep, sleep_until, Conn, ConnError, GaugeGuard, GaugeKind, Role, Shard};
+use crate::conn::{
+    sleep, sleep_until, Conn, ConnError, GaugeGuard, GaugeKind, Incoming, Role, Shard,
+};
 use crate::rng::Rng;
 use crate::stats::{IntervalStats, PlayerStats};
 
@@ -77,6 +80,7 @@ async fn play_once(
     let _gauge = GaugeGuard::new(shard, gauge);
     if spec.class == PlayerClass::Stalled {
         // Hold the socket, never read: what a frozen client looks like to the server.
+        conn.stop_reading();
         return future::pending().await;
     }
 
@@ -180,9 +184,25 @@ impl PlayState {
         let IntervalStats { players, slow: slow_players, events, .. } = &mut stats.interval;
         let counters = if slow { slow_players } else { players };
         counters.bytes += read as u64;
-        while let Some(event) = conn.session.poll_event() {
+        while let Some(incoming) = conn.poll_incoming() {
+            let event = match incoming {
+                Incoming::Media(head) => {
+                    self.on_media(counters, &head, recv_ns);
+                    continue;
+                }
+                Incoming::Event(event) => event,
+            };
             match event {
-                ClientEvent::Media(media) => self.on_media(counters, &media, recv_ns),
+                // Parts of an aggregate message come through the session.
+                ClientEvent::Media(media) => {
+                    let head = MediaHead::new(
+                        media.kind,
+                        media.stream_id,
+                        media.timestamp,
+                        &media.payload,
+                    );
+                    self.on_media(counters, &head, recv_ns);
+                }
                 ClientEvent::Status { level, code, .. } => match code.as_str() {
                     code::PLAY_UNPUBLISH_NOTIFY | code::PLAY_PUBLISH_NOTIFY => {
                         let name = if code == code::PLAY_PUBLISH_NOTIFY {
@@ -204,8 +224,8 @@ impl PlayState {
         Ok(())
     }
 
-    fn on_media(&mut self, counters: &mut PlayerStats, media: &Media, recv_ns: u64) {
-        let Some(marker) = marker::find(media.kind, &media.payload) else { return };
+    fn on_media(&mut self, counters: &mut PlayerStats, media: &MediaHead, recv_ns: u64) {
+        let Some(marker) = marker::find(media.kind, media.prefix()) else { return };
         counters.media += 1;
         let since_play_us = recv_ns.saturating_sub(self.play_sent_ns) / 1000;
         if !self.got_frame {
@@ -214,7 +234,7 @@ impl PlayState {
         }
         let (track, interval_us) = match media.kind {
             MediaKind::Video => {
-                if !self.got_keyframe && marker::is_video_keyframe(&media.payload) {
+                if !self.got_keyframe && marker::is_video_keyframe(media.prefix()) {
                     self.got_keyframe = true;
                     counters.first_keyframe.record(since_play_us);
                 }
@@ -259,7 +279,6 @@ impl PlayState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
     use rtmp_loadtest::marker::Marker;
     use rtmp_loadtest::synth::{StreamParams, SyntheticStream};
     use rtmp_proto::time::RtmpTimestamp;
@@ -278,7 +297,7 @@ mod tests {
         }
     }
 
-    fn frame(stream: &mut SyntheticStream, kind: MediaKind, seq: u32, sent_ns: u64) -> Media {
+    fn frame(stream: &mut SyntheticStream, kind: MediaKind, seq: u32, sent_ns: u64) -> MediaHead {
         let spec = loop {
             let spec = stream.next_frame();
             if spec.kind == kind {
@@ -286,13 +305,7 @@ mod tests {
             }
         };
         let spec = rtmp_loadtest::synth::FrameSpec { seq, ..spec };
-        Media {
-            stream_id: 1,
-            kind,
-            timestamp: RtmpTimestamp::ZERO,
-            payload: Bytes::copy_from_slice(stream.payload(&spec, sent_ns)),
-            is_metadata: false,
-        }
+        MediaHead::new(kind, 1, RtmpTimestamp::ZERO, stream.payload(&spec, sent_ns))
     }
 
     #[test]
@@ -335,13 +348,12 @@ mod tests {
     fn ignores_payloads_without_marker() {
         let mut state = state();
         let mut stats = PlayerStats::default();
-        let media = Media {
-            stream_id: 1,
-            kind: MediaKind::Video,
-            timestamp: RtmpTimestamp::ZERO,
-            payload: Bytes::from_static(rtmp_loadtest::synth::VIDEO_SEQUENCE_HEADER),
-            is_metadata: false,
-        };
+        let media = MediaHead::new(
+            MediaKind::Video,
+            1,
+            RtmpTimestamp::ZERO,
+            rtmp_loadtest::synth::VIDEO_SEQUENCE_HEADER,
+        );
         state.on_media(&mut stats, &media, 10);
         assert_eq!(stats.media, 0);
         assert_eq!(stats.first_frame.count(), 0);
@@ -350,7 +362,7 @@ mod tests {
         let mut marker = [0u8; rtmp_loadtest::marker::MARKER_LEN];
         Marker { seq: 1, sent_ns: 1 }.write(&mut marker);
         payload.extend_from_slice(&marker[..8]);
-        let media = Media { payload: Bytes::from(payload), ..media };
+        let media = MediaHead::new(MediaKind::Video, 1, RtmpTimestamp::ZERO, &payload);
         state.on_media(&mut stats, &media, 10);
         assert_eq!(stats.media, 0);
     }

@@ -1,7 +1,10 @@
-//! CPU time and resident memory of a process, from `/proc/PID/stat` and `/proc/PID/status`.
+//! CPU time and resident memory of a process, from `/proc/PID/stat` and `/proc/PID/status`, and
+//! how long its threads waited for a CPU, from `/proc/PID/task/*/schedstat`.
 //!
-//! CPU time is `utime + stime` of the whole process (all threads), as `top` shows it. Sampling is
-//! done by the controlling thread, never on an executor.
+//! CPU time is `utime + stime` of the whole process (all threads), as `top` shows it. The wait
+//! is the scheduler's `run_delay`: time a thread was runnable but another task had its CPU. On a
+//! shared machine that is the other tenants' share of the cores a measurement was pinned to.
+//! Sampling is done by the controlling thread, never on an executor.
 
 use std::io;
 
@@ -12,6 +15,9 @@ pub struct ProcSample {
     pub cpu_secs: f64,
     /// Resident set size in bytes (`VmRSS`), when the kernel reports it.
     pub rss_bytes: Option<u64>,
+    /// Seconds its threads (those alive now) spent runnable but waiting for a CPU, when the
+    /// kernel reports it (`CONFIG_SCHED_INFO`).
+    pub wait_secs: Option<f64>,
 }
 
 /// Clock ticks per second of the `stat` CPU fields.
@@ -50,6 +56,24 @@ pub fn parse_status_rss_bytes(status: &str) -> Option<u64> {
     Some(value * scale)
 }
 
+/// `run_delay` in nanoseconds (the second field) from the text of a `schedstat` file.
+pub fn parse_schedstat_wait_ns(schedstat: &str) -> Option<u64> {
+    schedstat.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
+/// Sum of the threads' `run_delay` under `dir` (`/proc/PID`), in nanoseconds.
+fn wait_ns(dir: &str) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("{dir}/task")).ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        // A thread that exited since the listing just drops out.
+        if let Ok(text) = std::fs::read_to_string(path) {
+            total += parse_schedstat_wait_ns(&text)?;
+        }
+    }
+    Some(total)
+}
+
 /// Samples process `pid`, or this process with `None`.
 pub fn sample(pid: Option<u32>) -> io::Result<ProcSample> {
     let dir = match pid {
@@ -62,7 +86,11 @@ pub fn sample(pid: Option<u32>) -> io::Result<ProcSample> {
     let rss_bytes = std::fs::read_to_string(format!("{dir}/status"))
         .ok()
         .and_then(|s| parse_status_rss_bytes(&s));
-    Ok(ProcSample { cpu_secs: ticks as f64 / clock_ticks_per_sec() as f64, rss_bytes })
+    Ok(ProcSample {
+        cpu_secs: ticks as f64 / clock_ticks_per_sec() as f64,
+        rss_bytes,
+        wait_secs: wait_ns(&dir).map(|ns| ns as f64 / 1e9),
+    })
 }
 
 #[cfg(test)]
@@ -82,6 +110,12 @@ mod tests {
         let status = "Name:\trtmp-relay\nVmPeak:\t  99999 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
         assert_eq!(parse_status_rss_bytes(status), Some(12345 * 1024));
         assert_eq!(parse_status_rss_bytes("Name:\tkthreadd\n"), None);
+    }
+
+    #[test]
+    fn parses_schedstat_run_delay() {
+        assert_eq!(parse_schedstat_wait_ns("404368239 1321271087 917\n"), Some(1_321_271_087));
+        assert_eq!(parse_schedstat_wait_ns("404368239"), None);
     }
 
     #[test]

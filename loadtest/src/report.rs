@@ -100,6 +100,84 @@ impl IntervalLine {
     }
 }
 
+/// Above this share of its cores the load generator is the bottleneck: a reader that cannot
+/// keep up backs every socket up, the server then writes in larger batches, and latency and
+/// server CPU measure the generator as much as the server.
+pub const BUSY_SHARE: f64 = 0.8;
+
+/// Above this share of its cores' time spent waiting for them (runnable, but other processes
+/// had the CPU), the generator read late for reasons of its own machine: latency includes that
+/// wait, and its reads batch up, which flatters everyone's CPU per player.
+pub const WAIT_SHARE: f64 = 0.25;
+
+/// Whether the load generator's own figures say it limited the measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SelfCheck {
+    /// Cores the generator ran on: its executors, or the distinct CPUs they were pinned to.
+    pub cores: usize,
+    /// CPU time over (window x cores), 0..1.
+    pub cpu_share: f64,
+    /// Time its threads waited for a CPU over (window x cores), when the kernel reports it.
+    pub wait_share: Option<f64>,
+    /// `cpu_share` above [`BUSY_SHARE`].
+    pub busy: bool,
+    /// `wait_share` above [`WAIT_SHARE`].
+    pub starved: bool,
+}
+
+impl SelfCheck {
+    pub fn new(cpu_s: f64, wait_s: Option<f64>, window_s: f64, cores: usize) -> Self {
+        let capacity = window_s * cores.max(1) as f64;
+        let share = |secs: f64| if capacity > 0.0 { secs / capacity } else { 0.0 };
+        let cpu_share = share(cpu_s);
+        let wait_share = wait_s.map(share);
+        Self {
+            cores,
+            cpu_share,
+            wait_share,
+            busy: cpu_share > BUSY_SHARE,
+            starved: wait_share.is_some_and(|w| w > WAIT_SHARE),
+        }
+    }
+
+    /// The warnings to print (and write to the JSON) about this run.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.busy {
+            out.push(format!(
+                "the load generator used {:.0}% of its {} core(s) (above {:.0}%): it was the \
+                 bottleneck, so latency and server CPU partly measure it; give it more --cores \
+                 (and --cpus) or fewer players",
+                self.cpu_share * 100.0,
+                self.cores,
+                BUSY_SHARE * 100.0
+            ));
+        }
+        if let Some(wait) = self.wait_share.filter(|_| self.starved) {
+            out.push(format!(
+                "the load generator waited for its CPU(s) {:.0}% of the time (above {:.0}%): \
+                 other processes had its cores, so latency includes that wait and CPU per \
+                 player is flattered by batched reads; measure on idle cores",
+                wait * 100.0,
+                WAIT_SHARE * 100.0
+            ));
+        }
+        out
+    }
+}
+
+/// A warning when the server's threads waited for a CPU more than [`WAIT_SHARE`] of one core's
+/// time: other processes had its cores, and its figures (latency above all) include that.
+pub fn server_wait_warning(wait_s: f64, window_s: f64) -> Option<String> {
+    (window_s > 0.0 && wait_s / window_s > WAIT_SHARE).then(|| {
+        format!(
+            "the server's threads waited {wait_s:.1} s for a CPU in the {window_s:.0} s window: \
+             other processes had its cores, so its latency and CPU figures include that; \
+             measure on idle cores"
+        )
+    })
+}
+
 /// CPU and memory of a process over the measured window.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcReport {
@@ -107,6 +185,8 @@ pub struct ProcReport {
     pub cpu_s: f64,
     /// CPU time over wall time, in percent of one core.
     pub cpu_percent: f64,
+    /// Seconds its threads waited for a CPU during the window, when the kernel reports it.
+    pub wait_s: Option<f64>,
     /// CPU microseconds per player per second (players averaged over the window).
     pub cpu_us_per_player_s: Option<f64>,
     /// RSS before any connection was opened.
@@ -136,6 +216,7 @@ impl ProcReport {
             pid,
             cpu_s,
             cpu_percent: cpu_s / window_secs * 100.0,
+            wait_s: start.wait_secs.zip(end.wait_secs).map(|(a, b)| (b - a).max(0.0)),
             cpu_us_per_player_s: per_player.then(|| cpu_s * 1e6 / (avg_players * window_secs)),
             rss_baseline_bytes: baseline.and_then(|b| b.rss_bytes),
             rss_start_bytes: start.rss_bytes,
@@ -232,6 +313,10 @@ pub struct Totals {
     pub events: BTreeMap<String, u64>,
     pub server: Option<ProcReport>,
     pub loadgen: Option<ProcReport>,
+    /// The load generator's CPU share of its cores and whether it limited the run.
+    pub loadgen_check: Option<SelfCheck>,
+    /// What makes this run's figures doubtful (see [`SelfCheck::warnings`]).
+    pub warnings: Vec<String>,
     pub intervals: Vec<IntervalLine>,
     /// True when some executor did not report all its intervals in time.
     pub incomplete: bool,
@@ -288,9 +373,14 @@ impl Collector {
         plan: &Plan,
         server: Option<ProcReport>,
         loadgen: Option<ProcReport>,
+        loadgen_cores: usize,
         incomplete: bool,
     ) -> Totals {
         let secs = plan.window_secs();
+        let loadgen_check =
+            loadgen.as_ref().map(|p| SelfCheck::new(p.cpu_s, p.wait_s, secs, loadgen_cores));
+        let mut warnings = loadgen_check.map(|c| c.warnings()).unwrap_or_default();
+        warnings.extend(server.as_ref().and_then(|p| server_wait_warning(p.wait_s?, secs)));
         let connections = self.gauges();
         let name = |(role, reason): (&&str, &&str)| format!("{role}.{reason}");
         Totals {
@@ -331,6 +421,8 @@ impl Collector {
             events: self.run.events.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
             server,
             loadgen,
+            loadgen_check,
+            warnings,
             intervals: self.lines,
             incomplete,
         }
@@ -365,9 +457,10 @@ fn proc_lines(out: &mut String, label: &str, p: &ProcReport) {
     let per_player = p
         .cpu_us_per_player_s
         .map_or_else(String::new, |v| format!(", {v:.2} µs CPU per player-second"));
+    let waited = p.wait_s.map_or_else(String::new, |w| format!(", waited {:.2} s for a CPU", w));
     let _ = writeln!(
         out,
-        "{label:<14}pid {pid}: CPU {:.2} s ({:.1}% of one core){per_player}",
+        "{label:<14}pid {pid}: CPU {:.2} s ({:.1}% of one core){waited}{per_player}",
         p.cpu_s, p.cpu_percent
     );
     let rss_per_player = p
@@ -487,5 +580,57 @@ pub fn render(t: &Totals, plan: &Plan) -> String {
     if let Some(loadgen) = &t.loadgen {
         proc_lines(&mut out, "loadgen", loadgen);
     }
+    if let Some(check) = &t.loadgen_check {
+        let waited = check.wait_share.map_or_else(String::new, |w| {
+            format!(", waited for them {:.0}% of the time", w * 100.0)
+        });
+        let _ = writeln!(
+            out,
+            "{:<14}used {:.0}% of its {} core(s){waited}",
+            "",
+            check.cpu_share * 100.0,
+            check.cores
+        );
+    }
+    for warning in &t.warnings {
+        let _ = writeln!(out, "WARNING       {warning}");
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warns_when_the_generator_is_busy_or_starved() {
+        // 9 s of CPU in a 10 s window on one core: 90%, the bottleneck.
+        let busy = SelfCheck::new(9.0, Some(0.1), 10.0, 1);
+        assert!(busy.busy && !busy.starved);
+        assert!((busy.cpu_share - 0.9).abs() < 1e-9);
+        assert_eq!(busy.warnings().len(), 1);
+        assert!(busy.warnings()[0].contains("90% of its 1 core"), "{:?}", busy.warnings());
+        // The same CPU on two cores is 45% of them: fine.
+        let spread = SelfCheck::new(9.0, Some(0.1), 10.0, 2);
+        assert!(!spread.busy && !spread.starved && spread.warnings().is_empty());
+        // At the threshold itself, no warning; just above it, one.
+        assert!(!SelfCheck::new(8.0, None, 10.0, 1).busy);
+        assert!(SelfCheck::new(8.01, None, 10.0, 1).busy);
+        // Waiting for the CPU a third of the time: starved, whatever it used.
+        let starved = SelfCheck::new(3.0, Some(3.5), 10.0, 1);
+        assert!(!starved.busy && starved.starved);
+        assert!(starved.warnings()[0].contains("waited for its CPU(s) 35%"));
+        // Both at once; and no wait figure is no wait warning.
+        assert_eq!(SelfCheck::new(9.5, Some(5.0), 10.0, 1).warnings().len(), 2);
+        assert!(!SelfCheck::new(1.0, None, 10.0, 1).starved);
+        // A degenerate window warns about nothing.
+        assert!(SelfCheck::new(1.0, Some(1.0), 0.0, 1).warnings().is_empty());
+    }
+
+    #[test]
+    fn warns_when_the_server_waited_for_its_cpu() {
+        assert!(server_wait_warning(11.7, 15.0).is_some_and(|w| w.contains("11.7 s")));
+        assert_eq!(server_wait_warning(1.0, 15.0), None);
+        assert_eq!(server_wait_warning(1.0, 0.0), None);
+    }
 }

@@ -66,7 +66,15 @@ async fn run(
     jobs: Vec<Job>,
     reports: Sender<(usize, Report)>,
 ) {
-    let shard = Rc::new(Shard::new(plan.clone(), start));
+    let shard = match Shard::new(plan.clone(), start) {
+        Ok(shard) => Rc::new(shard),
+        Err(e) => {
+            eprintln!("rtmp-loadtest: executor {id} cannot create its epoll set: {e}");
+            let _ = reports.send((id, Report::Done));
+            return;
+        }
+    };
+    let poller = glommio::spawn_local(shard.readiness.clone().run());
     // Publishers pace the whole measurement: their own queue, marked latency-sensitive, makes
     // busy player tasks (which call `yield_if_needed`) give way when a frame is due.
     let publishers = glommio::executor().create_task_queue(
@@ -100,5 +108,9 @@ async fn run(
     }
     // Dropping a glommio task cancels it: every connection closes here.
     drop(tasks);
+    // The poller may be parked in a blocking epoll_wait: wake it and let it return before the
+    // executor (and its blocking thread) goes.
+    shard.readiness.stop();
+    poller.await;
     let _ = reports.send((id, Report::Done));
 }

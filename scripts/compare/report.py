@@ -19,8 +19,9 @@ NAMES = {
     "xiu": "xiu",
 }
 PEERS = ["nginx", "nms", "xiu"]
-# A load generator above this share of its core is the bottleneck, not the server.
-LOADGEN_SATURATED_PCT = 90.0
+# A load generator above this share of its core is the bottleneck, not the server (for JSON from
+# versions of rtmp-loadtest that do not say so themselves in "loadgen_check").
+LOADGEN_SATURATED_PCT = 80.0
 
 
 def load(results: Path) -> dict[str, dict[str, dict]]:
@@ -75,6 +76,8 @@ def metrics(d: dict) -> dict:
         "join_gaps": pl["join_gaps"],
         "rss_kib": rss / 1024 if rss is not None else None,
         "gen_pct": gen.get("cpu_percent"),
+        "gen_busy": (d.get("loadgen_check") or {}).get("busy"),
+        "contended": any("waited" in w for w in d.get("warnings", [])),
         "send_lag_p99": d["send_lag_us"]["p99"] if d["send_lag_us"]["count"] else None,
         "errors": errors,
         "error_kinds": d.get("errors", {}),
@@ -84,8 +87,13 @@ def metrics(d: dict) -> dict:
 
 def notes(m: dict) -> str:
     out = []
-    if m["gen_pct"] is not None and m["gen_pct"] >= LOADGEN_SATURATED_PCT:
+    busy = m["gen_busy"]
+    if busy is None:
+        busy = m["gen_pct"] is not None and m["gen_pct"] >= LOADGEN_SATURATED_PCT
+    if busy:
         out.append("**loadgen saturated**")
+    if m["contended"]:
+        out.append("**CPU contention** (see the run's warnings)")
     if m["players"] < 0.98 * m["expected"]:
         out.append(f"only {m['players']:.0f}/{m['expected']} players")
     if m["errors"]:
