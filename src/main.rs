@@ -4,9 +4,24 @@ use std::process::ExitCode;
 
 use rtmp_relay::config::{LoadError, LogFormat};
 use rtmp_relay::{telemetry, Config};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
+    // `rtmp-relay token ...`: mint a token and exit.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "token") {
+        use clap::Parser;
+        let args = rtmp_relay::auth::cli::TokenArgs::parse_from(std::env::args_os().skip(1));
+        return match rtmp_relay::auth::cli::run(args, std::time::SystemTime::now()) {
+            Ok(out) => {
+                println!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("rtmp-relay token: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let config = match Config::load(std::env::args_os()) {
         Ok(config) => config,
         // --help and --version arrive here too: clap prints them and exits 0.
@@ -18,7 +33,7 @@ fn main() -> ExitCode {
     };
     telemetry::init(&config.log_level, config.log_format == LogFormat::Json);
     abort_on_panic();
-    // Block SIGINT/SIGTERM here, before any shard thread exists, so every thread inherits the
+    // Block SIGINT/SIGTERM (and SIGHUP, the keys reload) here, before any shard thread exists, so every thread inherits the
     // mask and the signals wait for `sigwait` below instead of killing the process mid-write.
     let signals = match block_shutdown_signals() {
         Ok(signals) => signals,
@@ -34,11 +49,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let signal = wait_for(&signals);
+    let signal = loop {
+        match wait_for(&signals) {
+            // SIGHUP: re-read the access-control keys; the server goes on.
+            "SIGHUP" => match server.reload_auth_keys() {
+                Ok(keys) => info!(keys, "SIGHUP: auth keys reloaded"),
+                Err(e) => warn!(error = %e, "SIGHUP: auth keys not reloaded"),
+            },
+            signal => break signal,
+        }
+    };
     info!(signal, timeout_secs = config.shutdown_timeout_secs, "shutting down gracefully");
     // A second signal means "now": an operator who does not want to wait is not made to.
     std::thread::spawn(move || {
-        let signal = wait_for(&signals);
+        let signal = loop {
+            match wait_for(&signals) {
+                "SIGHUP" => continue,
+                signal => break signal,
+            }
+        };
         error!(signal, "second signal: exiting at once");
         std::process::exit(130);
     });
@@ -69,6 +98,7 @@ fn block_shutdown_signals() -> std::io::Result<libc::sigset_t> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if rc != 0 {
             return Err(std::io::Error::from_raw_os_error(rc));
@@ -83,6 +113,8 @@ fn wait_for(set: &libc::sigset_t) -> &'static str {
     unsafe { libc::sigwait(set, &mut signal) };
     if signal == libc::SIGTERM {
         "SIGTERM"
+    } else if signal == libc::SIGHUP {
+        "SIGHUP"
     } else {
         "SIGINT"
     }

@@ -403,6 +403,11 @@ impl ServerSession {
         self.transport.encoder.chunk_size()
     }
 
+    /// Bytes received from the peer since the handshake.
+    pub fn bytes_received(&self) -> u64 {
+        self.transport.received
+    }
+
     /// Bytes held in partially received messages (for memory accounting).
     pub fn partial_bytes(&self) -> usize {
         self.transport.decoder.partial_bytes()
@@ -564,7 +569,11 @@ impl ServerSession {
                         .arg(Amf0Value::Number(8192.0)),
                 );
                 self.phase = ServerPhase::Connected;
-                self.app = Some(params.app.clone());
+                // The app without its query: `rtmp://host/live?token=...` arrives as app
+                // `live?token=...`, and the query (a credential, for whoever authorises: it is in
+                // the event's params) must not become part of stream names.
+                let app = params.app.split('?').next().unwrap_or_default();
+                self.app = Some(app.to_owned());
                 self.events.push_back(ServerEvent::Connected(params));
             }
             ClientCommand::CreateStream => {

@@ -4,6 +4,7 @@
 //! cross-core traffic. When someone scrapes, the control plane (its own thread) asks every shard
 //! for a [`ShardStats`] snapshot and merges them there.
 
+pub mod auth;
 mod http;
 mod prometheus;
 mod recording;
@@ -11,7 +12,7 @@ pub mod stats;
 
 use std::cell::{Cell, RefCell};
 
-pub use http::{serve as serve_http, HttpError, HttpServer};
+pub use http::{serve as serve_http, ExtraMetrics, HttpError, HttpServer};
 pub use prometheus::render as render_prometheus;
 pub use recording::{RecordCounters, RecordCountersSnapshot};
 pub use stats::{DeliveryTotals, ShardStats, StreamStats, SubscriberStats};

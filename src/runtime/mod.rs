@@ -21,6 +21,7 @@ use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{error, info, info_span, warn, Instrument};
 
+use crate::auth::Authority;
 use crate::config::Config;
 use crate::conn::{self, ConnContext};
 use crate::metrics::{CountersSnapshot, HttpServer, ShardCounters, ShardStats};
@@ -91,6 +92,9 @@ pub struct ServerHandle {
     shard_addrs: Vec<Option<SocketAddr>>,
     shards: Vec<ShardHandle>,
     http: Option<HttpServer>,
+    /// Access control's threads (callbacks, key watcher); stopped after the shards, so done
+    /// events the shards' shutdown queued still go out.
+    auth: Option<std::sync::Arc<Authority>>,
 }
 
 #[derive(Debug)]
@@ -170,6 +174,20 @@ impl ServerHandle {
         all.filter(|(k, _)| *k == kind).map(|(_, c)| c).sum()
     }
 
+    /// Re-reads the access-control keys file (what SIGHUP does). The number of keys now in
+    /// force, or why the old ones stay.
+    pub fn reload_auth_keys(&self) -> Result<usize, String> {
+        match &self.auth {
+            Some(auth) => auth.reload_keys(),
+            None => Err("access control is not running".into()),
+        }
+    }
+
+    /// Access control's metrics, as `/metrics` shows them.
+    pub fn auth_metrics(&self) -> String {
+        self.auth.as_ref().map(|a| a.report().render()).unwrap_or_default()
+    }
+
     /// Stops accepting, closes every connection and joins every shard thread.
     pub fn shutdown(mut self) {
         self.stop();
@@ -187,6 +205,7 @@ impl ServerHandle {
                 }
             }
         }
+        self.auth = None;
     }
 }
 
@@ -227,6 +246,17 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
     drop(probe);
 
     let shard_count = config.shard_count();
+    let auth_settings = config.auth_settings()?;
+    let authority = std::sync::Arc::new(
+        Authority::start(auth_settings, shard_count)
+            .map_err(|e| StartError::Config(crate::config::ConfigError::new(e)))?,
+    );
+    let open = authority.publish_open_somewhere();
+    if !open.is_empty() && !crate::auth::is_loopback(local_addr.ip()) {
+        warn!(addr = %local_addr, apps = ?open,
+            "publishing is open to anyone who can reach this listener: set --publish-auth \
+             (or [auth.apps.NAME] publish) to token, callback or deny");
+    }
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let io_memory = io_memory_per_shard(shard_count);
     let mesh: MeshBuilder<ShardMessage, Full> =
@@ -249,6 +279,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
             placement,
             io_memory,
             mesh: mesh.clone(),
+            auth: authority.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("shard-{shard_id}"))
@@ -257,8 +288,13 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         shards.push(ShardHandle { control: control_tx, thread: Some(thread) });
         ready.push(ready_rx);
     }
-    let mut handle =
-        ServerHandle { local_addr, shard_addrs: vec![None; shard_count], shards, http: None };
+    let mut handle = ServerHandle {
+        local_addr,
+        shard_addrs: vec![None; shard_count],
+        shards,
+        http: None,
+        auth: Some(authority.clone()),
+    };
     for (thread_index, ready_rx) in ready.into_iter().enumerate() {
         match ready_rx.recv() {
             Ok(Ok((shard_id, test_addr))) => handle.shard_addrs[shard_id] = test_addr,
@@ -275,7 +311,11 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         let controls: Vec<mpsc::Sender<Control>> =
             handle.shards.iter().map(|s| s.control.clone()).collect();
         let gather = std::sync::Arc::new(move || gather_stats(&controls));
-        let http = crate::metrics::serve_http(config.http, gather)
+        let extra: crate::metrics::ExtraMetrics = {
+            let authority = authority.clone();
+            std::sync::Arc::new(move || authority.report().render())
+        };
+        let http = crate::metrics::serve_http(config.http, gather, Some(extra))
             .map_err(|e| StartError::Http(e.to_string()))?;
         handle.http = Some(http);
     }
@@ -294,6 +334,7 @@ struct ShardSetup {
     placement: Placement,
     io_memory: usize,
     mesh: MeshBuilder<ShardMessage, Full>,
+    auth: std::sync::Arc<Authority>,
 }
 
 /// (shard id, the shard's own test listener) once the shard serves.
@@ -346,7 +387,7 @@ async fn wait_for_shutdown(
 }
 
 async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready: Ready) {
-    let ShardSetup { thread_index, shard_count, addr, config, mesh, .. } = setup;
+    let ShardSetup { thread_index, shard_count, addr, config, mesh, auth, .. } = setup;
     let bind = |addr: SocketAddr| {
         TcpListener::bind(addr)
             .map_err(|e| StartError::Bind { addr, source: std::io::Error::other(e.to_string()) })
@@ -410,6 +451,8 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
         config.max_connections.div_ceil(shard_count).max(1),
     );
     ctx.debug_panic_key = config.debug_panic_on_key.clone();
+    ctx.auth = auth.for_shard(shard_id);
+    drop(auth);
     let ctx = Rc::new(ctx);
     let snapshot = {
         let ctx = ctx.clone();
