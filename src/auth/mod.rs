@@ -554,13 +554,13 @@ impl ShardAuth {
             Method::Callback | Method::TokenOrCallback => {
                 match token_result {
                     Some(Ok(verified)) => return allow(Decider::Token, Some(verified.kid)),
+                    // A token over the limit is refused outright (it is a limit).
+                    Some(Err(TokenRefusal::TooLarge)) => {
+                        return self.token_refused(app_index, action, TokenRefusal::TooLarge)
+                    }
+                    // Counted; the callback still decides.
                     Some(Err(refusal)) if refusal != TokenRefusal::Missing => {
-                        // Counted; the callback still decides.
                         self.metrics.tokens_refused.inc(refusal.index());
-                        if refusal == TokenRefusal::TooLarge {
-                            // A token over the limit is not forwarded anywhere.
-                            return self.token_refused(app_index, action, refusal);
-                        }
                     }
                     _ => {}
                 }
