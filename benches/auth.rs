@@ -42,8 +42,7 @@ fn mint(kid: &str, pem: Option<&str>) -> String {
 }
 
 fn shard(method: Method) -> ShardAuth {
-    let mut policies = Policies::default();
-    policies.default = AppPolicy::open();
+    let mut policies = Policies { default: AppPolicy::open(), apps: Vec::new() };
     policies.default.publish.method = method;
     let settings = Settings {
         policies,

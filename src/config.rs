@@ -775,6 +775,52 @@ mod tests {
     }
 
     #[test]
+    fn the_auth_section_sets_per_app_policies_over_the_flag_default() {
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/auth/jwks.json");
+        let path = temp_file(
+            "auth.toml",
+            &format!(
+                "publish-auth = \"token\"\nauth-keys = {keys:?}\nplay-deny = [\"192.0.2.0/24\"]\n\
+                 [auth.apps.live]\nplay = \"deny\"\npublish_allow = [\"10.0.0.0/8\"]\n\
+                 [auth.apps.live.names]\nsk_1 = \"cam1\"\n"
+            ),
+        );
+        let config = Config::load(["rtmp-relay", "--config", path.to_str().unwrap()]).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let settings = config.auth_settings().unwrap();
+        let (live, _) = settings.policies.for_app("live");
+        assert_eq!(live.publish.method, crate::auth::Method::Token, "inherited from the flag");
+        assert_eq!(live.play.method, crate::auth::Method::Deny);
+        assert_eq!(live.publish.addresses.allow, ["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(live.play.addresses.deny, ["192.0.2.0/24".parse().unwrap()], "inherited");
+        assert_eq!(live.names.get("sk_1").map(String::as_str), Some("cam1"));
+        let (other, _) = settings.policies.for_app("other");
+        assert_eq!(other.play.method, crate::auth::Method::Open);
+    }
+
+    #[test]
+    fn bad_auth_settings_name_the_problem() {
+        for (text, needle) in [
+            ("[auth.apps.live]\npublsh = \"token\"\n", "publsh"),
+            ("[auth.apps.live]\npublish = \"maybe\"\n", "maybe"),
+            ("[auth.apps.live]\npublish_allow = [\"10.0.0.0/40\"]\n", "prefix"),
+            ("[auth.apps.live.names]\na = \"a\"\n", "differ"),
+            ("publish-auth = \"token\"\n", "keys file"),
+            ("publish-auth = \"callback\"\n", "on_publish"),
+            ("auth-callback = \"http://127.0.0.1:9/x\"\n", "secret"),
+            ("auth-callback = \"https://127.0.0.1:9/x\"\n", "https"),
+        ] {
+            let path = temp_file("bad-auth.toml", text);
+            let err = match Config::load(["rtmp-relay", "--config", path.to_str().unwrap()]) {
+                Ok(config) => config.validate().expect_err(text).to_string(),
+                Err(e) => e.to_string(),
+            };
+            std::fs::remove_file(&path).unwrap();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn recording_knobs_are_validated() {
         let config = Config::parse_from([
             "rtmp-relay",

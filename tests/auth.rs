@@ -448,10 +448,12 @@ fn callbacks_are_bounded_in_flight_and_answers_are_cached() {
 
 #[test]
 fn a_slow_callback_delays_only_the_connections_that_asked() {
-    let backend = Backend::start(|_| (200, Vec::new(), Some(Duration::from_secs(4))));
+    let backend = Backend::start(|_| (200, Vec::new(), Some(Duration::from_secs(3))));
     let server = callback_server(&backend, |c| {
         c.shards = Some(2);
-        c.auth_callback_timeout_ms = 8000;
+        // Far above the backend's 3 s: on a loaded CI machine 30 backend threads may take a
+        // while, and this test is about the open stream, not the callback's deadline.
+        c.auth_callback_timeout_ms = 30_000;
         c.auth_file.apps.insert(
             "open".into(),
             AppSection { publish: Some(Method::Open), ..AppSection::default() },
@@ -463,14 +465,14 @@ fn a_slow_callback_delays_only_the_connections_that_asked() {
     publisher.send_headers();
     let mut player = Client::connect(addr, "open");
     player.play("live1");
-    // 50 publishers wait on the callback (each on its own connection and thread).
-    let waiting: Vec<_> = (0..50)
+    // 30 publishers wait on the callback (each on its own connection and thread).
+    let waiting: Vec<_> = (0..30)
         .map(|i| std::thread::spawn(move || try_publish(addr, "gated", &format!("s{i}")).0))
         .collect();
     eventually("the callbacks are in flight", || {
-        series(&server.auth_metrics(), "rtmp_relay_auth_callbacks_in_flight") >= 40.0
+        series(&server.auth_metrics(), "rtmp_relay_auth_callbacks_in_flight") >= 20.0
     });
-    // Meanwhile the open stream relays at once: every frame in well under the callback's 4 s.
+    // Meanwhile the open stream relays at once: every frame in well under the callback's 3 s.
     for seq in 1..=10u32 {
         let sent = Instant::now();
         publisher.send(MediaKind::Video, seq * 40, &video_frame(seq, seq == 1, 200));

@@ -130,3 +130,16 @@ fn settings_refuse_what_cannot_work() {
     assert!(no_url.validate().unwrap_err().contains("on_publish"));
     assert!(Settings::default().validate().is_ok());
 }
+
+#[test]
+fn open_publishing_is_reported_for_the_start_up_warning() {
+    let mut live = AppPolicy::open();
+    live.publish.method = Method::Token;
+    let authority = authority(live);
+    assert_eq!(authority.publish_open_somewhere(), ["(every other app)"]);
+    assert!(is_loopback("127.0.0.1".parse().unwrap()));
+    assert!(is_loopback("::1".parse().unwrap()));
+    assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
+    assert!(!is_loopback("0.0.0.0".parse().unwrap()), "every interface is not loopback");
+    assert!(!is_loopback("192.0.2.1".parse().unwrap()));
+}
