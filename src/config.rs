@@ -301,6 +301,113 @@ pub struct Config {
     #[arg(long)]
     pub push_insecure_skip_verify: bool,
 
+    /// Who may publish, for apps without an `[auth.apps.NAME]` section: open (anyone; the
+    /// default), token (a signed JWT in `?token=`), callback (the HTTP backend decides),
+    /// token-or-callback, deny. Publishing open on a non-loopback listener logs a warning.
+    #[arg(long, default_value = "open")]
+    pub publish_auth: crate::auth::Method,
+
+    /// Who may play, for apps without an `[auth.apps.NAME]` section (same methods).
+    #[arg(long, default_value = "open")]
+    pub play_auth: crate::auth::Method,
+
+    /// Address blocks (CIDR, comma-separated) allowed to publish; empty: any. Deny wins.
+    #[arg(long, value_delimiter = ',')]
+    pub publish_allow: Vec<crate::auth::Cidr>,
+
+    /// Address blocks refused for publishing, whatever else admits them.
+    #[arg(long, value_delimiter = ',')]
+    pub publish_deny: Vec<crate::auth::Cidr>,
+
+    /// Address blocks allowed to play; empty: any. Deny wins.
+    #[arg(long, value_delimiter = ',')]
+    pub play_allow: Vec<crate::auth::Cidr>,
+
+    /// Address blocks refused for playing.
+    #[arg(long, value_delimiter = ',')]
+    pub play_deny: Vec<crate::auth::Cidr>,
+
+    /// JWKS file of token verification keys (chosen by `kid`; HS256, RS256, ES256, EdDSA).
+    /// Re-read on SIGHUP and when it changes.
+    #[arg(long, env = "RTMP_RELAY_AUTH_KEYS")]
+    pub auth_keys: Option<std::path::PathBuf>,
+
+    /// Milliseconds between looks at the keys file for changes; 0: reload on SIGHUP only.
+    #[arg(long, default_value_t = 2_000)]
+    pub auth_keys_poll_ms: u64,
+
+    /// End admitted sessions whose token's key a reload removed (within a second). Off: a
+    /// reload only affects new sessions.
+    #[arg(long)]
+    pub auth_revoke_on_key_removal: bool,
+
+    /// Longest token accepted, in bytes (longer ones are refused and counted as the
+    /// `auth_max_token_bytes` limit).
+    #[arg(long, default_value_t = 4096)]
+    pub auth_max_token_bytes: usize,
+
+    /// Seconds of clock skew allowed on a token's exp and nbf.
+    #[arg(long, default_value_t = 5)]
+    pub auth_leeway_secs: u64,
+
+    /// HTTP URL (http://host:port/path) of the callback backend for every event (on_publish,
+    /// on_play, on_publish_done, on_play_done; the body's `event` says which).
+    /// `[auth.callback]` in the config file sets them one by one.
+    #[arg(long, env = "RTMP_RELAY_AUTH_CALLBACK")]
+    pub auth_callback: Option<String>,
+
+    /// File holding the shared secret callback requests are signed with (HMAC-SHA256 of the
+    /// body, header X-Rtmp-Relay-Signature: sha256=HEX). At least 16 bytes; required with
+    /// callbacks.
+    #[arg(long, env = "RTMP_RELAY_AUTH_CALLBACK_SECRET_FILE")]
+    pub auth_callback_secret_file: Option<std::path::PathBuf>,
+
+    /// Deadline of one callback call (connect, request, answer), in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    pub auth_callback_timeout_ms: u64,
+
+    /// Decision callbacks in flight at once; over it the action's fail policy applies.
+    #[arg(long, default_value_t = 256)]
+    pub auth_callback_max_in_flight: usize,
+
+    /// Seconds an allow or deny answer is reused for the same request; 0: no cache.
+    #[arg(long, default_value_t = 5)]
+    pub auth_callback_cache_secs: u64,
+
+    /// Most answers cached (the oldest are evicted first).
+    #[arg(long, default_value_t = 10_000)]
+    pub auth_callback_cache_entries: usize,
+
+    /// Largest callback answer read, in bytes; a larger one is a failure.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub auth_callback_max_answer_bytes: usize,
+
+    /// Done events (on_publish_done, on_play_done) waiting for delivery; when full the oldest
+    /// is dropped and counted.
+    #[arg(long, default_value_t = 1024)]
+    pub auth_done_queue: usize,
+
+    /// Retries of a done event that failed, with doubling pauses from 250 ms.
+    #[arg(long, default_value_t = 3)]
+    pub auth_done_retries: u32,
+
+    /// What a failed publish callback (5xx, timeout, refused, garbage, over capacity) means.
+    #[arg(long, default_value = "deny")]
+    pub auth_fail_publish: crate::auth::FailPolicy,
+
+    /// What a failed play callback means.
+    #[arg(long, default_value = "deny")]
+    pub auth_fail_play: crate::auth::FailPolicy,
+
+    /// This node's name in callback bodies. Default: the host name.
+    #[arg(long, env = "RTMP_RELAY_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Per-app access policies, secret-key maps and per-event callback URLs: the `[auth]`
+    /// section of the config file (see README, "Access control").
+    #[arg(skip)]
+    pub auth_file: AuthSection,
+
     /// A TOML file of settings: keys are the long flag names (`listen = "0.0.0.0:1935"`,
     /// `shards = 8`, `record-dir = "/var/lib/rtmp-relay"`; `_` or `-` alike). Flags given on the
     /// command line override it.
@@ -371,8 +478,16 @@ impl Config {
         let Some(path) = from_flags.config.clone() else { return Ok(from_flags) };
         let text = std::fs::read_to_string(&path)
             .map_err(|source| LoadError::Read { path: path.clone(), source })?;
-        let (file_flags, sections) = toml_to_flags(&text)
-            .map_err(|message| LoadError::Invalid { path: path.clone(), message })?;
+        let invalid = |message: String| LoadError::Invalid { path: path.clone(), message };
+        let mut table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| invalid(e.message().to_owned()))?;
+        let auth: AuthSection = match table.remove("auth") {
+            Some(section) => section
+                .try_into()
+                .map_err(|e: toml::de::Error| invalid(format!("[auth]: {}", e.message())))?,
+            None => AuthSection::default(),
+        };
+        let (file_flags, sections) = toml_to_flags(table).map_err(invalid)?;
         let mut merged = Vec::with_capacity(args.len() + file_flags.len());
         merged.extend(args.first().cloned());
         merged.extend(file_flags.into_iter().map(Into::into));
@@ -380,15 +495,14 @@ impl Config {
         let mut config = Config::try_parse_from(merged)?;
         config.rtmps_certs = sections.rtmps_certs;
         config.pushes = sections.push;
+        config.auth_file = auth;
         Ok(config)
     }
 }
 
 /// `key = value` pairs of a TOML table as `--key=value` flags (arrays joined with commas,
 /// `true` booleans as bare flags), and the structured sections (`[[rtmps-certs]]`, `[[push]]`).
-fn toml_to_flags(text: &str) -> Result<(Vec<String>, Sections), String> {
-    let mut table: toml::Table =
-        text.parse().map_err(|e: toml::de::Error| e.message().to_owned())?;
+fn toml_to_flags(mut table: toml::Table) -> Result<(Vec<String>, Sections), String> {
     let mut sections = toml::Table::new();
     for name in ["rtmps-certs", "rtmps_certs", "push"] {
         if let Some(value) = table.remove(name) {
@@ -430,10 +544,67 @@ impl Default for Config {
     }
 }
 
+/// The `[auth]` section of the config file.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// `[auth.apps.NAME]`: one app's policy.
+    #[serde(default)]
+    pub apps: std::collections::BTreeMap<String, AppSection>,
+    /// `[auth.callback]`: per-event URLs (each defaults to `--auth-callback`).
+    #[serde(default)]
+    pub callback: CallbackUrls,
+}
+
+/// `[auth.apps.NAME]`: what it leaves out comes from the flags' default policy.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSection {
+    pub publish: Option<crate::auth::Method>,
+    pub play: Option<crate::auth::Method>,
+    pub publish_allow: Option<Vec<String>>,
+    pub publish_deny: Option<Vec<String>>,
+    pub play_allow: Option<Vec<String>>,
+    pub play_deny: Option<Vec<String>>,
+    pub publish_fail: Option<crate::auth::FailPolicy>,
+    pub play_fail: Option<crate::auth::FailPolicy>,
+    /// `[auth.apps.NAME.names]`: secret publish key = "public name".
+    #[serde(default)]
+    pub names: std::collections::BTreeMap<String, String>,
+}
+
+/// `[auth.callback]`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackUrls {
+    pub on_publish: Option<String>,
+    pub on_play: Option<String>,
+    pub on_publish_done: Option<String>,
+    pub on_play_done: Option<String>,
+}
+
+/// The host name, for callback bodies' `node_id`.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_owned(),
+        _ => "rtmp-relay".to_owned(),
+    }
+}
+
 /// A configuration that cannot work, with the knob to fix.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(String);
+
+impl ConfigError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
 
 impl Config {
     /// Checks relations between knobs that clap cannot see one at a time.
@@ -445,6 +616,7 @@ impl Config {
                 self.player_soft_lag_ms, self.gop_cache_max_ms
             )));
         }
+        self.auth_settings()?;
         if let Some(record) = self.record_config() {
             record.validate().map_err(|e| ConfigError(format!("recording: {e}")))?;
         }
@@ -618,6 +790,136 @@ impl Config {
         })
     }
 
+    /// Access control as configured: the default policy from the flags, one policy per
+    /// `[auth.apps.NAME]` (fields it leaves out come from the default), keys and callbacks.
+    /// Reads the callback secret file (start-up only).
+    pub fn auth_settings(&self) -> Result<crate::auth::Settings, ConfigError> {
+        use crate::auth::{ActionPolicy, AddressRules, AppPolicy, Policies};
+        let default = AppPolicy {
+            publish: ActionPolicy {
+                method: self.publish_auth,
+                addresses: AddressRules {
+                    allow: self.publish_allow.clone(),
+                    deny: self.publish_deny.clone(),
+                },
+                fail: self.auth_fail_publish,
+            },
+            play: ActionPolicy {
+                method: self.play_auth,
+                addresses: AddressRules {
+                    allow: self.play_allow.clone(),
+                    deny: self.play_deny.clone(),
+                },
+                fail: self.auth_fail_play,
+            },
+            names: Default::default(),
+        };
+        let cidrs = |app: &str,
+                     field: &str,
+                     list: &Option<Vec<String>>,
+                     inherited: &[crate::auth::Cidr]| {
+            match list {
+                None => Ok(inherited.to_vec()),
+                Some(list) => list
+                    .iter()
+                    .map(|c| c.parse())
+                    .collect::<Result<Vec<crate::auth::Cidr>, String>>()
+                    .map_err(|e| ConfigError(format!("[auth.apps.{app}] {field}: {e}"))),
+            }
+        };
+        let mut apps = Vec::new();
+        for (name, section) in &self.auth_file.apps {
+            let mut policy = default.clone();
+            policy.publish.method = section.publish.unwrap_or(default.publish.method);
+            policy.play.method = section.play.unwrap_or(default.play.method);
+            policy.publish.fail = section.publish_fail.unwrap_or(default.publish.fail);
+            policy.play.fail = section.play_fail.unwrap_or(default.play.fail);
+            policy.publish.addresses.allow = cidrs(
+                name,
+                "publish_allow",
+                &section.publish_allow,
+                &default.publish.addresses.allow,
+            )?;
+            policy.publish.addresses.deny = cidrs(
+                name,
+                "publish_deny",
+                &section.publish_deny,
+                &default.publish.addresses.deny,
+            )?;
+            policy.play.addresses.allow =
+                cidrs(name, "play_allow", &section.play_allow, &default.play.addresses.allow)?;
+            policy.play.addresses.deny =
+                cidrs(name, "play_deny", &section.play_deny, &default.play.addresses.deny)?;
+            for (secret, public) in &section.names {
+                let bad = |s: &str| s.is_empty() || s.contains(['/', '?', '\0']);
+                if bad(secret) || bad(public) || secret == public {
+                    return Err(ConfigError(format!(
+                        "[auth.apps.{name}.names]: keys and names must be non-empty, differ, and \
+                         hold no '/' or '?'"
+                    )));
+                }
+            }
+            policy.names = section.names.clone().into_iter().collect();
+            apps.push((name.clone(), policy));
+        }
+        let urls = &self.auth_file.callback;
+        let any_url = self.auth_callback.is_some()
+            || urls.on_publish.is_some()
+            || urls.on_play.is_some()
+            || urls.on_publish_done.is_some()
+            || urls.on_play_done.is_some();
+        let callback = if any_url {
+            let target = |specific: &Option<String>| {
+                specific
+                    .as_ref()
+                    .or(self.auth_callback.as_ref())
+                    .map(|url| crate::auth::callback::Target::parse(url))
+                    .transpose()
+                    .map_err(|e| ConfigError(format!("callback URL: {e}")))
+            };
+            let secret = match &self.auth_callback_secret_file {
+                Some(path) => std::fs::read(path)
+                    .map(|mut s| {
+                        while s.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                            s.pop();
+                        }
+                        s
+                    })
+                    .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?,
+                None => Vec::new(),
+            };
+            Some(crate::auth::CallbackConfig {
+                on_publish: target(&urls.on_publish)?,
+                on_play: target(&urls.on_play)?,
+                on_publish_done: target(&urls.on_publish_done)?,
+                on_play_done: target(&urls.on_play_done)?,
+                secret,
+                timeout: Duration::from_millis(self.auth_callback_timeout_ms),
+                max_in_flight: self.auth_callback_max_in_flight,
+                cache_ttl: Duration::from_secs(self.auth_callback_cache_secs),
+                cache_max_entries: self.auth_callback_cache_entries,
+                max_answer_bytes: self.auth_callback_max_answer_bytes,
+                done_queue: self.auth_done_queue,
+                done_retries: self.auth_done_retries,
+                done_backoff: Duration::from_millis(250),
+            })
+        } else {
+            None
+        };
+        let settings = crate::auth::Settings {
+            policies: Policies { default, apps },
+            keys_file: self.auth_keys.clone(),
+            keys_poll: Duration::from_millis(self.auth_keys_poll_ms),
+            revoke_on_key_removal: self.auth_revoke_on_key_removal,
+            max_token_bytes: self.auth_max_token_bytes,
+            leeway_secs: self.auth_leeway_secs,
+            callback,
+            node_id: self.node_id.clone().unwrap_or_else(host_name),
+        };
+        settings.validate().map_err(|e| ConfigError(format!("access control: {e}")))?;
+        Ok(settings)
+    }
+
     /// The protocol settings every session of this server uses.
     pub fn session_config(&self) -> SessionConfig {
         SessionConfig {
@@ -767,6 +1069,52 @@ mod tests {
         }
         let no_cert = Config::parse_from(["rtmp-relay", "--rtmps-listen", "127.0.0.1:1443"]);
         assert!(no_cert.validate().is_err(), "an RTMPS listener needs a certificate");
+    }
+
+    #[test]
+    fn the_auth_section_sets_per_app_policies_over_the_flag_default() {
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/auth/jwks.json");
+        let path = temp_file(
+            "auth.toml",
+            &format!(
+                "publish-auth = \"token\"\nauth-keys = {keys:?}\nplay-deny = [\"192.0.2.0/24\"]\n\
+                 [auth.apps.live]\nplay = \"deny\"\npublish_allow = [\"10.0.0.0/8\"]\n\
+                 [auth.apps.live.names]\nsk_1 = \"cam1\"\n"
+            ),
+        );
+        let config = Config::load(["rtmp-relay", "--config", path.to_str().unwrap()]).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let settings = config.auth_settings().unwrap();
+        let (live, _) = settings.policies.for_app("live");
+        assert_eq!(live.publish.method, crate::auth::Method::Token, "inherited from the flag");
+        assert_eq!(live.play.method, crate::auth::Method::Deny);
+        assert_eq!(live.publish.addresses.allow, ["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(live.play.addresses.deny, ["192.0.2.0/24".parse().unwrap()], "inherited");
+        assert_eq!(live.names.get("sk_1").map(String::as_str), Some("cam1"));
+        let (other, _) = settings.policies.for_app("other");
+        assert_eq!(other.play.method, crate::auth::Method::Open);
+    }
+
+    #[test]
+    fn bad_auth_settings_name_the_problem() {
+        for (text, needle) in [
+            ("[auth.apps.live]\npublsh = \"token\"\n", "publsh"),
+            ("[auth.apps.live]\npublish = \"maybe\"\n", "maybe"),
+            ("[auth.apps.live]\npublish_allow = [\"10.0.0.0/40\"]\n", "prefix"),
+            ("[auth.apps.live.names]\na = \"a\"\n", "differ"),
+            ("publish-auth = \"token\"\n", "keys file"),
+            ("publish-auth = \"callback\"\n", "on_publish"),
+            ("auth-callback = \"http://127.0.0.1:9/x\"\n", "secret"),
+            ("auth-callback = \"https://127.0.0.1:9/x\"\n", "https"),
+        ] {
+            let path = temp_file("bad-auth.toml", text);
+            let err = match Config::load(["rtmp-relay", "--config", path.to_str().unwrap()]) {
+                Ok(config) => config.validate().expect_err(text).to_string(),
+                Err(e) => e.to_string(),
+            };
+            std::fs::remove_file(&path).unwrap();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! - [`relay`]: outbound relays (push to other servers), each an RTMP client session over
 //!   conn's socket and a sink of its stream.
 //! - [`conn`]: the only place bytes meet sockets; drives one `ServerSession` per connection.
+//! - [`auth`]: who may publish and play: per-app policy, token verification (pure, on the
+//!   shard), the HTTP callback thread and the key watcher; knows nothing of sockets or streams.
 //! - [`stream`]: registry, streams, late-join cache, fan-out and per-connection queues; knows
 //!   nothing of sockets.
 //! - [`record`]: the FLV recorder, a sink of streams.
@@ -25,6 +27,7 @@
 //! `tests/architecture.rs` keeps this order true: it reads every `crate::` path in `src/` and
 //! fails on any import that points up the list.
 
+pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod frame;

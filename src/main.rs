@@ -4,9 +4,24 @@ use std::process::ExitCode;
 
 use rtmp_relay::config::{LoadError, LogFormat};
 use rtmp_relay::{telemetry, Config};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
+    // `rtmp-relay token ...`: mint a token and exit.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "token") {
+        use clap::Parser;
+        let args = rtmp_relay::auth::cli::TokenArgs::parse_from(std::env::args_os().skip(1));
+        return match rtmp_relay::auth::cli::run(args, std::time::SystemTime::now()) {
+            Ok(out) => {
+                println!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("rtmp-relay token: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let config = match Config::load(std::env::args_os()) {
         Ok(config) => config,
         // --help and --version arrive here too: clap prints them and exits 0.
@@ -18,7 +33,7 @@ fn main() -> ExitCode {
     };
     telemetry::init(&config.log_level, config.log_format == LogFormat::Json);
     abort_on_panic();
-    // Block SIGINT/SIGTERM here, before any shard thread exists, so every thread inherits the
+    // Block SIGINT/SIGTERM (and SIGHUP, the keys reload) here, before any shard thread exists, so every thread inherits the
     // mask and the signals wait for `sigwait` below instead of killing the process mid-write.
     let signals = match block_shutdown_signals() {
         Ok(signals) => signals,
@@ -34,12 +49,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // SIGHUP reloads the RTMPS certificates (on the reloader's thread); SIGINT/SIGTERM stop.
+    // SIGHUP reloads the RTMPS certificates (on the reloader's thread) and the access-control
+    // keys; SIGINT/SIGTERM stop.
     let signal = loop {
         match wait_for(&signals) {
             "SIGHUP" => {
-                info!("SIGHUP: reloading TLS certificates");
+                info!("SIGHUP: reloading TLS certificates and auth keys");
                 server.request_tls_reload();
+                match server.reload_auth_keys() {
+                    Ok(keys) => info!(keys, "SIGHUP: auth keys reloaded"),
+                    Err(e) => warn!(error = %e, "SIGHUP: auth keys not reloaded"),
+                }
             }
             signal => break signal,
         }

@@ -655,7 +655,7 @@ mod tests {
     /// requests, ping responses, and acknowledgements by the server's window.
     fn converse(piece: usize) {
         let config = SessionConfig { window_ack_size: 20_000, ..SessionConfig::default() };
-        let mut server = ServerSession::new(config, 7, &[3; RANDOM_LEN]);
+        let mut server = ServerSession::new(config, 7, &[3; RANDOM_LEN], std::time::Instant::now());
         let mut plain = ClientSession::new(SessionConfig::default(), 1, &[5; RANDOM_LEN], false);
         let mut player = ClientSession::new(SessionConfig::default(), 1, &[5; RANDOM_LEN], false);
         let mut input = DemuxInput::new(&SessionConfig::default());
@@ -668,7 +668,9 @@ mod tests {
             let said = output(&mut player);
             assert_eq!(without_acks(&said), without_acks(&to_server), "round {round}");
             sent_demux.extend(said);
-            server.handle_input(&mut BytesMut::from(&to_server[..])).expect("server accepts");
+            server
+                .handle_input(&mut BytesMut::from(&to_server[..]), std::time::Instant::now())
+                .expect("server accepts");
             while let Some(event) = server.poll_event() {
                 if let ServerEvent::PlayRequested { stream_id, name } = event {
                     server.accept_play(stream_id, &name.key);

@@ -297,12 +297,16 @@ pub mod code {
     pub const CALL_FAILED: &str = "NetConnection.Call.Failed";
     pub const PUBLISH_START: &str = "NetStream.Publish.Start";
     pub const PUBLISH_BAD_NAME: &str = "NetStream.Publish.BadName";
+    /// Access control refused the publish (librtmp, and so OBS, stops on it; ffmpeg reports it).
+    pub const PUBLISH_DENIED: &str = "NetStream.Publish.Denied";
     pub const UNPUBLISH_SUCCESS: &str = "NetStream.Unpublish.Success";
     pub const PLAY_RESET: &str = "NetStream.Play.Reset";
     pub const PLAY_START: &str = "NetStream.Play.Start";
     pub const PLAY_STOP: &str = "NetStream.Play.Stop";
     pub const PLAY_STREAM_NOT_FOUND: &str = "NetStream.Play.StreamNotFound";
     pub const PLAY_FAILED: &str = "NetStream.Play.Failed";
+    /// Access control refused the play.
+    pub const PLAY_DENIED: &str = "NetStream.Play.Denied";
     pub const PLAY_PUBLISH_NOTIFY: &str = "NetStream.Play.PublishNotify";
     pub const PLAY_UNPUBLISH_NOTIFY: &str = "NetStream.Play.UnpublishNotify";
     pub const PAUSE_NOTIFY: &str = "NetStream.Pause.Notify";

@@ -17,8 +17,9 @@
 //! # Files
 //! - `admission.rs`: who gets in: the connection and per-address limits.
 //! - `driver.rs`: one connection's life: admission, the read loop, close logging.
-//! - `requests.rs`: what the session asks: publish, play, media, pause, close, and the waits
-//!   for another shard's answer.
+//! - `requests.rs`: what the session asks: publish, play, media, pause, close, the access
+//!   decision on each publish and play, and the waits for another shard's or the callback's
+//!   answer.
 //! - `socket.rs`: reads, vectored writes, TLS (RTMPS) between the socket and the session, and
 //!   whether the peer is still there.
 //!
@@ -46,6 +47,7 @@ use tracing::{info_span, Instrument};
 pub use admission::{Admission, ConnLimits, IpTable, Refusal};
 pub use socket::{Socket, TlsFailure};
 
+use crate::auth::ShardAuth;
 use crate::metrics::{ShardCounters, TlsCounters};
 use crate::stream::{CloseReason, OutQueue, Registry};
 use crate::telemetry::LogLimiter;
@@ -64,6 +66,11 @@ pub struct ConnContext {
     pub max_connections: usize,
     /// Per-IP counts of this shard's connections.
     ip_table: Rc<IpTable>,
+    /// Access control: who may publish and play (open unless configured).
+    pub auth: ShardAuth,
+    /// Per connection: what access control needs to know beyond the session (the tcUrl, the
+    /// sessions it admitted, for done events and lifetimes). Removed at cleanup.
+    auth_state: RefCell<HashMap<u64, requests::ConnAuth>>,
     /// Testing aid (`--debug-panic-on-key`): playing this key panics the connection's task.
     pub debug_panic_key: Option<String>,
     /// Time base for handshake timestamps.
@@ -99,6 +106,8 @@ impl ConnContext {
             limits,
             max_connections,
             ip_table: Rc::default(),
+            auth: ShardAuth::open(),
+            auth_state: RefCell::default(),
             debug_panic_key: None,
             epoch,
             open: RefCell::new(HashMap::new()),

@@ -18,6 +18,10 @@ use super::stats::{AudioStats, PublisherStats, ShardStats, SubscriberStats, Vide
 /// Asks every shard for its report; `None` if a shard did not answer.
 pub type Gather = Arc<dyn Fn() -> Option<Vec<ShardStats>> + Send + Sync>;
 
+/// More Prometheus text for `/metrics`, read without asking the shards (access control's
+/// atomics, see `metrics::auth`).
+pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot serve HTTP on {addr}: {reason}")]
 pub struct HttpError {
@@ -54,7 +58,11 @@ impl Drop for HttpServer {
 }
 
 /// Starts the control plane on `addr`.
-pub fn serve(addr: SocketAddr, gather: Gather) -> Result<HttpServer, HttpError> {
+pub fn serve(
+    addr: SocketAddr,
+    gather: Gather,
+    extra: Option<ExtraMetrics>,
+) -> Result<HttpServer, HttpError> {
     let server = Server::http(addr).map_err(|e| HttpError { addr, reason: e.to_string() })?;
     let local_addr = server.server_addr().to_ip().unwrap_or(addr);
     let server = Arc::new(server);
@@ -64,7 +72,7 @@ pub fn serve(addr: SocketAddr, gather: Gather) -> Result<HttpServer, HttpError> 
             .name("http".into())
             .spawn(move || {
                 for request in server.incoming_requests() {
-                    let response = route(request.url(), &gather);
+                    let response = route(request.url(), &gather, extra.as_ref());
                     if let Err(e) = request.respond(response) {
                         warn!(error = %e, "http response failed");
                     }
@@ -93,7 +101,7 @@ fn json<T: Serialize>(value: &T) -> HttpResponse {
     }
 }
 
-fn route(url: &str, gather: &Gather) -> HttpResponse {
+fn route(url: &str, gather: &Gather, extra: Option<&ExtraMetrics>) -> HttpResponse {
     let path = url.split('?').next().unwrap_or("");
     let gathered =
         || gather().ok_or_else(|| respond(503, "text/plain", "a shard did not answer\n".into()));
@@ -103,7 +111,13 @@ fn route(url: &str, gather: &Gather) -> HttpResponse {
             Err(e) => e,
         },
         "/metrics" => match gathered() {
-            Ok(shards) => respond(200, "text/plain; version=0.0.4; charset=utf-8", render(&shards)),
+            Ok(shards) => {
+                let mut text = render(&shards);
+                if let Some(extra) = extra {
+                    text.push_str(&extra());
+                }
+                respond(200, "text/plain; version=0.0.4; charset=utf-8", text)
+            }
             Err(e) => e,
         },
         "/api/relays" => match gathered() {

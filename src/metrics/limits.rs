@@ -96,6 +96,8 @@ limits! {
     /// `--push-queue-bytes`: an outbound relay (push) whose destination fell this far behind;
     /// its session is closed and reconnects.
     PushQueueBytes => "push_queue_bytes",
+    /// `--auth-max-token-bytes`: a token longer than this is refused before it is parsed.
+    AuthMaxTokenBytes => "auth_max_token_bytes",
 }
 
 impl Limit {

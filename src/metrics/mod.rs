@@ -4,6 +4,7 @@
 //! cross-core traffic. When someone scrapes, the control plane (its own thread) asks every shard
 //! for a [`ShardStats`] snapshot and merges them there.
 
+pub mod auth;
 mod http;
 mod limits;
 mod prometheus;
@@ -13,7 +14,7 @@ mod transport;
 
 use std::cell::{Cell, RefCell};
 
-pub use http::{serve as serve_http, HttpError, HttpServer};
+pub use http::{serve as serve_http, ExtraMetrics, HttpError, HttpServer};
 pub use limits::{Limit, LimitCounters, LimitCounts};
 pub use recording::{RecordCounters, RecordCountersSnapshot};
 pub use stats::{DeliveryTotals, ShardStats, StreamStats, SubscriberStats};

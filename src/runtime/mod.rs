@@ -21,6 +21,7 @@ use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{error, info, info_span, warn, Instrument};
 
+use crate::auth::Authority;
 use crate::config::Config;
 use crate::conn::{self, ConnContext};
 use crate::metrics::{
@@ -97,6 +98,9 @@ pub struct ServerHandle {
     shard_addrs: Vec<Option<SocketAddr>>,
     shards: Vec<ShardHandle>,
     http: Option<HttpServer>,
+    /// Access control's threads (callbacks, key watcher); stopped after the shards, so done
+    /// events the shards' shutdown queued still go out.
+    auth: Option<std::sync::Arc<Authority>>,
 }
 
 #[derive(Debug)]
@@ -210,6 +214,20 @@ impl ServerHandle {
         all.filter(|(k, _)| *k == kind).map(|(_, c)| c).sum()
     }
 
+    /// Re-reads the access-control keys file (what SIGHUP does). The number of keys now in
+    /// force, or why the old ones stay.
+    pub fn reload_auth_keys(&self) -> Result<usize, String> {
+        match &self.auth {
+            Some(auth) => auth.reload_keys(),
+            None => Err("access control is not running".into()),
+        }
+    }
+
+    /// Access control's metrics, as `/metrics` shows them.
+    pub fn auth_metrics(&self) -> String {
+        self.auth.as_ref().map(|a| a.report().render()).unwrap_or_default()
+    }
+
     /// Stops accepting, closes every connection and joins every shard thread.
     pub fn shutdown(mut self) {
         self.stop();
@@ -228,6 +246,7 @@ impl ServerHandle {
                 }
             }
         }
+        self.auth = None;
     }
 }
 
@@ -283,6 +302,17 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
     let push_settings = config.push_settings()?;
 
     let shard_count = config.shard_count();
+    let auth_settings = config.auth_settings()?;
+    let authority = std::sync::Arc::new(
+        Authority::start(auth_settings, shard_count)
+            .map_err(|e| StartError::Config(crate::config::ConfigError::new(e)))?,
+    );
+    let open = authority.publish_open_somewhere();
+    if !open.is_empty() && !crate::auth::is_loopback(local_addr.ip()) {
+        warn!(addr = %local_addr, apps = ?open,
+            "publishing is open to anyone who can reach this listener: set --publish-auth \
+             (or [auth.apps.NAME] publish) to token, callback or deny");
+    }
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let io_memory = io_memory_per_shard(shard_count);
     let mesh: MeshBuilder<ShardMessage, Full> =
@@ -307,6 +337,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
             mesh: mesh.clone(),
             rtmps: rtmps_addr.zip(server_tls.as_ref().map(|t| t.config.clone())),
             push: push_settings.clone(),
+            auth: authority.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("shard-{shard_id}"))
@@ -331,6 +362,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         shard_addrs: vec![None; shard_count],
         shards,
         http: None,
+        auth: Some(authority.clone()),
     };
     for (thread_index, ready_rx) in ready.into_iter().enumerate() {
         match ready_rx.recv() {
@@ -348,7 +380,11 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         let controls: Vec<mpsc::Sender<Control>> =
             handle.shards.iter().map(|s| s.control.clone()).collect();
         let gather = std::sync::Arc::new(move || gather_stats(&controls));
-        let http = crate::metrics::serve_http(config.http, gather)
+        let extra: crate::metrics::ExtraMetrics = {
+            let authority = authority.clone();
+            std::sync::Arc::new(move || authority.report().render())
+        };
+        let http = crate::metrics::serve_http(config.http, gather, Some(extra))
             .map_err(|e| StartError::Http(e.to_string()))?;
         handle.http = Some(http);
     }
@@ -370,6 +406,7 @@ struct ShardSetup {
     /// The RTMPS listener's address and TLS configuration.
     rtmps: Option<(SocketAddr, std::sync::Arc<rustls::ServerConfig>)>,
     push: PushSettings,
+    auth: std::sync::Arc<Authority>,
 }
 
 /// (shard id, the shard's own test listener) once the shard serves.
@@ -422,7 +459,7 @@ async fn wait_for_shutdown(
 }
 
 async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready: Ready) {
-    let ShardSetup { thread_index, shard_count, addr, config, mesh, rtmps, push, .. } = setup;
+    let ShardSetup { thread_index, shard_count, addr, config, mesh, rtmps, push, auth, .. } = setup;
     let bind = |addr: SocketAddr| {
         TcpListener::bind(addr)
             .map_err(|e| StartError::Bind { addr, source: std::io::Error::other(e.to_string()) })
@@ -493,6 +530,8 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
         config.max_connections.div_ceil(shard_count).max(1),
     );
     ctx.debug_panic_key = config.debug_panic_on_key.clone();
+    ctx.auth = auth.for_shard(shard_id);
+    drop(auth);
     let ctx = Rc::new(ctx);
     let pushes = Rc::new(PushRelays::new(push, ctx.registry.settings().clone(), shard_id));
     if !pushes.is_empty() {

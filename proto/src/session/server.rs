@@ -117,6 +117,11 @@ impl ServerSession {
         self.transport.encoder.chunk_size()
     }
 
+    /// Bytes received from the peer since the handshake.
+    pub fn bytes_received(&self) -> u64 {
+        self.transport.received
+    }
+
     /// Bytes held in partially received messages (for memory accounting).
     pub fn partial_bytes(&self) -> usize {
         self.transport.decoder.partial_bytes()
@@ -322,7 +327,11 @@ impl ServerSession {
                 );
                 self.phase = ServerPhase::Connected;
                 self.clock.idle_since = self.clock.now;
-                self.app = Some(params.app.clone());
+                // The app without its query: `rtmp://host/live?token=...` arrives as app
+                // `live?token=...`, and the query (a credential, for whoever authorises: it is in
+                // the event's params) must not become part of stream names.
+                let app = params.app.split('?').next().unwrap_or_default();
+                self.app = Some(app.to_owned());
                 self.events.push_back(ServerEvent::Connected(params));
             }
             ClientCommand::CreateStream => {
