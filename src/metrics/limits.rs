@@ -96,6 +96,12 @@ limits! {
     /// `--push-queue-bytes`: an outbound relay (push) whose destination fell this far behind;
     /// its session is closed and reconnects.
     PushQueueBytes => "push_queue_bytes",
+    /// `--pull-attempts-per-sec`: pull connection attempts started in one second (each shard
+    /// its share); a further attempt waits.
+    PullAttemptsPerSec => "pull_attempts_per_sec",
+    /// `--pull-attempts-in-flight`: pull attempts connecting at once (each shard its share); a
+    /// further attempt waits.
+    PullAttemptsInFlight => "pull_attempts_in_flight",
 }
 
 impl Limit {
