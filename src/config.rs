@@ -408,6 +408,61 @@ pub struct Config {
     #[arg(skip)]
     pub auth_file: AuthSection,
 
+    /// Feed one local stream from an upstream: `APP/NAME=URL` (`rtmp://` or `rtmps://`), run
+    /// as --pull-mode says. More, with TLS options: `[[pull]]` in the config file. A pulled key
+    /// cannot be published by a connection (refused with NetStream.Publish.BadName).
+    #[arg(long, env = "RTMP_RELAY_PULL")]
+    pub pull: Option<String>,
+
+    /// When the --pull stream runs: `always`, or `on-demand` (from its first player until
+    /// --pull-linger-secs after its last).
+    #[arg(long, default_value = "on-demand")]
+    pub pull_mode: String,
+
+    /// Pulls (config file only): `[[pull]]` tables with `app`, `name`, `url`, and optionally
+    /// `mode` (`always` or `on-demand`, the default), `ca-file`, `insecure-skip-verify`,
+    /// `pin-sha256`.
+    #[arg(skip)]
+    pub pulls: Vec<PullEntry>,
+
+    /// Seconds an on-demand pull keeps running after its last player left (a viewer who comes
+    /// back finds the GOP cache warm).
+    #[arg(long, default_value_t = 10)]
+    pub pull_linger_secs: u64,
+
+    /// Milliseconds before the first retry of a failed pull; doubles per failure in a row.
+    #[arg(long, default_value_t = 500)]
+    pub pull_backoff_min_ms: u64,
+
+    /// Longest wait between two attempts of a failing pull, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub pull_backoff_max_secs: u64,
+
+    /// Seconds a pull has to connect, complete its handshakes and get NetStream.Play.Start.
+    #[arg(long, default_value_t = 10)]
+    pub pull_connect_timeout_secs: u64,
+
+    /// Pull connection attempts started per second on the server (each shard its share); an
+    /// attempt over it waits (players asking for many on-demand pulls at once, or many failing
+    /// upstreams, cannot turn the server into a connection flood).
+    #[arg(long, default_value_t = 20)]
+    pub pull_attempts_per_sec: u32,
+
+    /// Pull attempts connecting at once on the server (each shard its share); an attempt over
+    /// it waits.
+    #[arg(long, default_value_t = 16)]
+    pub pull_attempts_in_flight: usize,
+
+    /// CA certificates (PEM) that rtmps:// pull upstreams are verified against, instead of the
+    /// Mozilla root set built in.
+    #[arg(long)]
+    pub pull_ca_file: Option<std::path::PathBuf>,
+
+    /// Do not verify rtmps:// pull upstreams' certificates (testing with self-signed
+    /// certificates only).
+    #[arg(long)]
+    pub pull_insecure_skip_verify: bool,
+
     /// A TOML file of settings: keys are the long flag names (`listen = "0.0.0.0:1935"`,
     /// `shards = 8`, `record-dir = "/var/lib/rtmp-relay"`; `_` or `-` alike). Flags given on the
     /// command line override it.
@@ -442,6 +497,23 @@ pub struct PushEntry {
     pub pin_sha256: Option<String>,
 }
 
+/// One pull of the config file (`[[pull]]`): the local stream `app`/`name` fed from `url`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PullEntry {
+    pub app: String,
+    pub name: String,
+    /// Upstream URL; `{app}` and `{name}` are replaced by the local stream's.
+    pub url: String,
+    /// `always` or `on-demand` (default).
+    pub mode: Option<String>,
+    pub ca_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// SHA-256 fingerprint of the upstream's certificate (hex, colons allowed).
+    pub pin_sha256: Option<String>,
+}
+
 /// The structured sections of a config file, which are not flags.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -450,6 +522,8 @@ struct Sections {
     rtmps_certs: Vec<CertEntry>,
     #[serde(default)]
     push: Vec<PushEntry>,
+    #[serde(default)]
+    pull: Vec<PullEntry>,
 }
 
 /// A config file that cannot be read or used.
@@ -496,15 +570,17 @@ impl Config {
         config.rtmps_certs = sections.rtmps_certs;
         config.pushes = sections.push;
         config.auth_file = auth;
+        config.pulls = sections.pull;
         Ok(config)
     }
 }
 
 /// `key = value` pairs of a TOML table as `--key=value` flags (arrays joined with commas,
-/// `true` booleans as bare flags), and the structured sections (`[[rtmps-certs]]`, `[[push]]`).
+/// `true` booleans as bare flags), and the structured sections (`[[rtmps-certs]]`, `[[push]]`,
+/// `[[pull]]`).
 fn toml_to_flags(mut table: toml::Table) -> Result<(Vec<String>, Sections), String> {
     let mut sections = toml::Table::new();
-    for name in ["rtmps-certs", "rtmps_certs", "push"] {
+    for name in ["rtmps-certs", "rtmps_certs", "push", "pull"] {
         if let Some(value) = table.remove(name) {
             sections.insert(name.replace('_', "-"), value);
         }
@@ -595,6 +671,29 @@ fn host_name() -> String {
     }
 }
 
+/// The TLS options of one outbound URL (push or pull), as configured.
+struct ClientTls<'a> {
+    ca_file: Option<std::path::PathBuf>,
+    insecure_skip_verify: bool,
+    pin_sha256: Option<&'a str>,
+}
+
+impl ClientTls<'_> {
+    fn build(self) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+        let pin = self
+            .pin_sha256
+            .map(crate::tls::parse_fingerprint)
+            .transpose()
+            .map_err(|e| format!("pin-sha256 {e}"))?;
+        let options = crate::tls::ClientTlsOptions {
+            ca_file: self.ca_file,
+            insecure_skip_verify: self.insecure_skip_verify,
+            pin_sha256: pin,
+        };
+        crate::tls::client_config(&options).map_err(|e| e.to_string())
+    }
+}
+
 /// A configuration that cannot work, with the knob to fix.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -629,6 +728,17 @@ impl Config {
         }
         if self.rtmps_cert.is_some() != self.rtmps_key.is_some() {
             return Err(ConfigError("--rtmps-cert and --rtmps-key go together".into()));
+        }
+        if self.pull_backoff_min_ms == 0
+            || self.pull_connect_timeout_secs == 0
+            || self.pull_attempts_per_sec == 0
+            || self.pull_attempts_in_flight == 0
+        {
+            return Err(ConfigError(
+                "--pull-backoff-min-ms, --pull-connect-timeout-secs, --pull-attempts-per-sec \
+                 and --pull-attempts-in-flight must be above 0"
+                    .into(),
+            ));
         }
         if self.push_backoff_min_ms == 0 || self.push_connect_timeout_secs == 0 {
             return Err(ConfigError(
@@ -754,21 +864,13 @@ impl Config {
             let destination = crate::relay::Destination::parse(&entry.url)
                 .map_err(|e| ConfigError(format!("push: {e}")))?;
             let tls = if destination.tls {
-                let pin = entry
-                    .pin_sha256
-                    .as_deref()
-                    .map(crate::tls::parse_fingerprint)
-                    .transpose()
-                    .map_err(|e| ConfigError(format!("push {masked}: pin-sha256 {e}")))?;
-                let options = crate::tls::ClientTlsOptions {
+                let options = ClientTls {
                     ca_file: entry.ca_file.clone().or_else(|| self.push_ca_file.clone()),
                     insecure_skip_verify: entry.insecure_skip_verify
                         || self.push_insecure_skip_verify,
-                    pin_sha256: pin,
+                    pin_sha256: entry.pin_sha256.as_deref(),
                 };
-                let config = crate::tls::client_config(&options)
-                    .map_err(|e| ConfigError(format!("push {masked}: {e}")))?;
-                Some(config)
+                Some(options.build().map_err(|e| ConfigError(format!("push {masked}: {e}")))?)
             } else {
                 None
             };
@@ -918,6 +1020,72 @@ impl Config {
         };
         settings.validate().map_err(|e| ConfigError(format!("access control: {e}")))?;
         Ok(settings)
+    }
+
+    /// The pulls: entries parsed and checked (one per key), TLS client configurations built
+    /// (this reads CA files: called once at start, off the shards).
+    pub fn pull_settings(&self) -> Result<crate::relay::PullSettings, ConfigError> {
+        let mut entries = self.pulls.clone();
+        if let Some(flag) = &self.pull {
+            let (key, url) =
+                flag.split_once('=').ok_or_else(|| ConfigError("--pull: APP/NAME=URL".into()))?;
+            let (app, name) =
+                key.split_once('/').ok_or_else(|| ConfigError("--pull: APP/NAME=URL".into()))?;
+            entries.push(PullEntry {
+                app: app.to_string(),
+                name: name.to_string(),
+                url: url.to_string(),
+                mode: Some(self.pull_mode.clone()),
+                ca_file: None,
+                insecure_skip_verify: false,
+                pin_sha256: None,
+            });
+        }
+        let mut pulls: Vec<crate::relay::PullSpec> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let masked = crate::relay::mask_url(&entry.url);
+            let key = crate::stream::StreamKey::new(entry.app.clone(), entry.name.clone());
+            let bad_part = |part: &str| part.is_empty() || part.contains(['/', '?', '{', '}']);
+            if bad_part(&entry.app) || bad_part(&entry.name) {
+                return Err(ConfigError(format!(
+                    "pull {masked}: app {:?} and name {:?} must be non-empty, without '/', '?', \
+                     '{{' or '}}'",
+                    entry.app, entry.name
+                )));
+            }
+            if pulls.iter().any(|p| p.key == key) {
+                return Err(ConfigError(format!(
+                    "pull: {key} has two pulls; a key has one source"
+                )));
+            }
+            let mode = crate::relay::PullMode::parse(entry.mode.as_deref().unwrap_or("on-demand"))
+                .map_err(|e| ConfigError(format!("pull {key}: {e}")))?;
+            let source = crate::relay::Destination::parse(&entry.url)
+                .map_err(|e| ConfigError(format!("pull {key}: {e}")))?;
+            let tls = if source.tls {
+                let options = ClientTls {
+                    ca_file: entry.ca_file.clone().or_else(|| self.pull_ca_file.clone()),
+                    insecure_skip_verify: entry.insecure_skip_verify
+                        || self.pull_insecure_skip_verify,
+                    pin_sha256: entry.pin_sha256.as_deref(),
+                };
+                Some(options.build().map_err(|e| ConfigError(format!("pull {masked}: {e}")))?)
+            } else {
+                None
+            };
+            pulls.push(crate::relay::PullSpec { key, source, mode, tls });
+        }
+        Ok(crate::relay::PullSettings {
+            pulls,
+            backoff_min: Duration::from_millis(self.pull_backoff_min_ms),
+            backoff_max: Duration::from_secs(self.pull_backoff_max_secs)
+                .max(Duration::from_millis(self.pull_backoff_min_ms)),
+            connect_timeout: Duration::from_secs(self.pull_connect_timeout_secs),
+            linger: Duration::from_secs(self.pull_linger_secs),
+            attempts_per_sec: self.pull_attempts_per_sec,
+            attempts_in_flight: self.pull_attempts_in_flight,
+            session: self.session_config(),
+        })
     }
 
     /// The protocol settings every session of this server uses.

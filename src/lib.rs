@@ -10,8 +10,8 @@
 //! - [`config`]: one `Config`, and the composition root's conversions from it into each
 //!   module's settings (`ConnLimits`, `RelaySettings`, `RecordConfig`, `SessionConfig`), so no
 //!   module below knows `Config`.
-//! - [`relay`]: outbound relays (push to other servers), each an RTMP client session over
-//!   conn's socket and a sink of its stream.
+//! - [`relay`]: outbound sessions, each an RTMP client session over conn's socket: push
+//!   relays (a sink of their stream) and pulls (the source of theirs).
 //! - [`conn`]: the only place bytes meet sockets; drives one `ServerSession` per connection.
 //! - [`auth`]: who may publish and play: per-app policy, token verification (pure, on the
 //!   shard), the HTTP callback thread and the key watcher; knows nothing of sockets or streams.

@@ -1,7 +1,8 @@
 //! Push relays: one rtmp-relay pushes to another over rtmp and over rtmps (verified against a
 //! test CA), byte for byte; the unpublish is passed on; a destination that restarts gets the
 //! stream back at a keyframe; dead or stalled destinations never slow the local players; an
-//! untrusted certificate is refused unless verification is turned off.
+//! untrusted certificate is refused unless verification is turned off; a publish answered with
+//! an error is retried with backoff.
 
 mod common;
 
@@ -274,4 +275,88 @@ fn an_untrusted_certificate_is_refused_unless_verification_is_off() {
     });
     a.shutdown();
     b.shutdown();
+}
+
+/// A destination that answers every publish with `NetStream.Publish.BadName`, on rtmp-proto's
+/// server session; counts its connections.
+fn refusing_destination() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    std::thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(mut socket) = socket else { return };
+            count.fetch_add(1, Ordering::Relaxed);
+            std::thread::spawn(move || {
+                let random = [9u8; rtmp_proto::handshake::RANDOM_LEN];
+                let config = rtmp_proto::session::SessionConfig::default();
+                let mut session =
+                    rtmp_proto::session::ServerSession::new(config, 0, &random, Instant::now());
+                let mut input = bytes::BytesMut::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = socket.read(&mut buf) {
+                    input.extend_from_slice(&buf[..n]);
+                    if session.handle_input(&mut input, Instant::now()).is_err() {
+                        return;
+                    }
+                    while let Some(event) = session.poll_event() {
+                        if let rtmp_proto::session::ServerEvent::PublishRequested {
+                            stream_id,
+                            ..
+                        } = event
+                        {
+                            session.reject_publish(
+                                stream_id,
+                                rtmp_proto::command::code::PUBLISH_BAD_NAME,
+                                "not here",
+                            );
+                        }
+                    }
+                    while let Some(out) = session.poll_transmit() {
+                        if socket.write_all(&out).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[test]
+fn a_destination_that_answers_publish_with_an_error_is_retried_with_backoff() {
+    let (addr, connections) = refusing_destination();
+    let a = start_server(|c| {
+        c.pushes = vec![push_to(format!("rtmp://{addr}/live/{{name}}"))];
+        c.push_backoff_min_ms = 100;
+        c.push_backoff_max_secs = 1;
+    });
+    let key = fresh_key("refused");
+    let mut publisher = Client::connect(a.local_addr(), "live");
+    assert_eq!(publisher.publish(&key), "NetStream.Publish.Start");
+    publisher.send_headers();
+    let started = Instant::now();
+    eventually("the refusal seen and retried", || {
+        pushes(&a).iter().any(|p| {
+            p.failures >= 3
+                && p.connects == 0
+                && p.last_error.as_deref().is_some_and(|e| e.contains("NetStream.Publish.BadName"))
+        })
+    });
+    // Doubling from 100 ms: a handful of attempts, not a flood.
+    let n = connections.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(n <= 4.0 + 2.0 * elapsed, "{n} connections in {elapsed:.1} s");
+    // The local stream is untouched.
+    let mut player = Client::connect(a.local_addr(), "live");
+    player.play(&key);
+    publisher.send(MediaKind::Video, 40, &video_frame(1, true, 1_000));
+    // RtmpSampleAccess, metadata and the two sequence headers first, then the frame.
+    let got = player.media(5, WAIT);
+    assert!(got.iter().any(|m| seq_of(m) == Some(1)), "{got:?}");
+    a.shutdown();
 }

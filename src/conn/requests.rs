@@ -541,6 +541,7 @@ impl Connection {
                         format!("{key} is already being published")
                     }
                     PublishRefused::Limit(limit) => format!("limit {limit} reached"),
+                    PublishRefused::Reserved => format!("{key} is fed by a pull of this server"),
                 };
                 self.session.reject_publish(stream_id, code::PUBLISH_BAD_NAME, &description);
                 Err(Ended::PublishRefused)

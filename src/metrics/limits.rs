@@ -98,6 +98,12 @@ limits! {
     PushQueueBytes => "push_queue_bytes",
     /// `--auth-max-token-bytes`: a token longer than this is refused before it is parsed.
     AuthMaxTokenBytes => "auth_max_token_bytes",
+    /// `--pull-attempts-per-sec`: pull connection attempts started in one second (each shard
+    /// its share); a further attempt waits.
+    PullAttemptsPerSec => "pull_attempts_per_sec",
+    /// `--pull-attempts-in-flight`: pull attempts connecting at once (each shard its share); a
+    /// further attempt waits.
+    PullAttemptsInFlight => "pull_attempts_in_flight",
 }
 
 impl Limit {

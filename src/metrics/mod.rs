@@ -18,7 +18,10 @@ pub use http::{serve as serve_http, ExtraMetrics, HttpError, HttpServer};
 pub use limits::{Limit, LimitCounters, LimitCounts};
 pub use recording::{RecordCounters, RecordCountersSnapshot};
 pub use stats::{DeliveryTotals, ShardStats, StreamStats, SubscriberStats};
-pub use transport::{PushState, PushStats, RelaysJson, TlsCounters, TlsSnapshot, TransportStats};
+pub use transport::{
+    PullState, PullStats, PushState, PushStats, RelaysJson, TlsCounters, TlsSnapshot,
+    TransportStats,
+};
 
 /// A monotonically increasing shard-local counter.
 #[derive(Debug, Default)]

@@ -93,19 +93,71 @@ pub struct PushStats {
     pub last_error: Option<String>,
 }
 
-/// What one shard reports about RTMPS and its push relays.
+/// Where a pull (a local stream fed from an upstream URL) is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullState {
+    /// Not running: an on-demand pull nobody watches.
+    Idle,
+    /// Connecting, handshaking, or waiting for `NetStream.Play.Start`.
+    Connecting,
+    /// Playing the upstream: its frames feed the local stream.
+    Live,
+    /// Waiting before the next attempt after a failure.
+    Backoff,
+}
+
+impl PullState {
+    pub const ALL: [PullState; 4] =
+        [PullState::Idle, PullState::Connecting, PullState::Live, PullState::Backoff];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullState::Idle => "idle",
+            PullState::Connecting => "connecting",
+            PullState::Live => "live",
+            PullState::Backoff => "backoff",
+        }
+    }
+}
+
+/// One pull, as the shard that owns its stream reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PullStats {
+    pub app: String,
+    pub name: String,
+    /// The upstream URL with its stream name masked.
+    pub source: String,
+    /// `always` or `on-demand`.
+    pub mode: &'static str,
+    pub state: PullState,
+    /// Bytes read from the upstream, all attempts.
+    pub bytes_in: u64,
+    /// Attempts that reached `NetStream.Play.Start`.
+    pub connects: u64,
+    /// Attempts that failed or were cut, each followed by a backoff.
+    pub failures: u64,
+    /// Seconds since the last attempt reached playing (`None`: never yet).
+    pub since_last_success_secs: Option<f64>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// What one shard reports about RTMPS and its outbound relays.
 #[derive(Debug, Clone, Default)]
 pub struct TransportStats {
     pub tls: TlsSnapshot,
     pub pushes: Vec<PushStats>,
+    pub pulls: Vec<PullStats>,
 }
 
-/// `/api/relays`: every shard's TLS counts and every push.
+/// `/api/relays`: every shard's TLS counts, every push and every pull.
 #[derive(Debug, Serialize)]
 pub struct RelaysJson {
     pub tls_handshakes_ok: u64,
     pub tls_handshakes_failed: Vec<(&'static str, u64)>,
     pub pushes: Vec<PushStats>,
+    pub pulls: Vec<PullStats>,
 }
 
 impl RelaysJson {
@@ -121,6 +173,7 @@ impl RelaysJson {
             tls_handshakes_ok: shards.iter().map(|s| s.transport.tls.handshakes_ok).sum(),
             tls_handshakes_failed: failed,
             pushes: shards.iter().flat_map(|s| s.transport.pushes.iter().cloned()).collect(),
+            pulls: shards.iter().flat_map(|s| s.transport.pulls.iter().cloned()).collect(),
         }
     }
 }
@@ -184,5 +237,47 @@ pub(super) fn render(f: &mut super::prometheus::Families, shards: &[super::Shard
         "push_seconds_since_success",
         "Seconds since the push last reached publishing (absent before the first success)",
         pushes.iter().filter_map(|p| p.since_last_success_secs.map(|s| (labels(p), s))).collect(),
+    );
+    render_pulls(f, shards);
+}
+
+/// The pulls' families.
+fn render_pulls(f: &mut super::prometheus::Families, shards: &[super::ShardStats]) {
+    let pulls: Vec<&PullStats> = shards.iter().flat_map(|s| &s.transport.pulls).collect();
+    let labels = |p: &PullStats| {
+        super::prometheus::labels(&[
+            ("app", p.app.clone()),
+            ("stream", p.name.clone()),
+            ("source", p.source.clone()),
+            ("mode", p.mode.to_string()),
+        ])
+    };
+    let per_pull = |get: fn(&PullStats) -> u64| -> Vec<_> {
+        pulls.iter().map(|p| (labels(p), get(p))).collect()
+    };
+    f.counter("pull_bytes", "Bytes read from the pull's upstream", per_pull(|p| p.bytes_in));
+    f.counter(
+        "pull_connects",
+        "Pull attempts that reached NetStream.Play.Start",
+        per_pull(|p| p.connects),
+    );
+    f.counter(
+        "pull_failures",
+        "Pull attempts that failed or were cut (each followed by a reconnect after a backoff)",
+        per_pull(|p| p.failures),
+    );
+    let mut states = Vec::new();
+    for p in &pulls {
+        for state in PullState::ALL {
+            let mut l = labels(p);
+            l.push(("state".to_string(), state.as_str().to_string()));
+            states.push((l, i64::from(p.state == state)));
+        }
+    }
+    f.gauge("pull_state", "1 for the pull's current state", states);
+    f.gauge_f64(
+        "pull_seconds_since_success",
+        "Seconds since the pull last reached playing (absent before the first success)",
+        pulls.iter().filter_map(|p| p.since_last_success_secs.map(|s| (labels(p), s))).collect(),
     );
 }

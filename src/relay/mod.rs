@@ -1,6 +1,8 @@
 //! Outbound relays (restreaming): every publish of a matching stream is pushed to one or more
 //! `rtmp://` / `rtmps://` destinations, each an outbound RTMP client session (rtmp-proto's
 //! [`ClientSession`](rtmp_proto::session::ClientSession)) driven on the stream's owner shard.
+//! The other way, a **pull** feeds a named local stream from an upstream URL: a source of the
+//! stream, not a sink (see [`pull`]).
 //!
 //! Each destination is a **sink** of the stream (design.md): a [`Subscriber`] of kind relay
 //! with its own [`OutQueue`] under the slow-sink policy (invariant 6) and its own hard limit,
@@ -21,6 +23,8 @@
 //! [`OutQueue`]: crate::stream::OutQueue
 //! [`PublishHook::published`]: crate::stream::PublishHook::published
 
+mod outbound;
+pub mod pull;
 mod push;
 
 use std::cell::{Cell, RefCell};
@@ -35,6 +39,7 @@ use tracing::{info, Instrument};
 use crate::metrics::PushStats;
 use crate::stream::{PublishHook, RelaySettings, Stream, StreamKey};
 
+pub use pull::{PullMode, PullRelays, PullSettings, PullSpec};
 pub use push::PushHandle;
 
 /// A destination URL as configured: `rtmp[s]://host[:port]/app[/more]/name`, where the last

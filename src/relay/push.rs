@@ -2,8 +2,8 @@
 //! again, until the publish ends.
 
 use std::cell::{Cell, RefCell};
-use std::future::{poll_fn, Future};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::future::poll_fn;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -11,13 +11,11 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_lite::FutureExt;
-use glommio::net::TcpStream;
 use rtmp_proto::command::code;
-use rtmp_proto::handshake::RANDOM_LEN;
 use rtmp_proto::session::{ClientEvent, ClientSession};
-use rustls::pki_types::ServerName;
 use tracing::{info, warn};
 
+use super::outbound::{backoff, open, random_bytes, within};
 use super::{PushSettings, Target};
 use crate::conn::Socket;
 use crate::metrics::{PushState, PushStats};
@@ -157,7 +155,12 @@ pub(super) async fn run(
                     failures_in_a_row = 0;
                 }
                 failures_in_a_row = failures_in_a_row.saturating_add(1);
-                let delay = backoff(&settings, failures_in_a_row, &mut seed);
+                let delay = backoff(
+                    settings.backoff_min,
+                    settings.backoff_max,
+                    failures_in_a_row,
+                    &mut seed,
+                );
                 warn!(reason = %reason, retry_in_ms = delay.as_millis() as u64, "push failed");
                 *handle.last_error.borrow_mut() = Some(reason);
                 handle.state.set(PushState::Backoff);
@@ -180,70 +183,6 @@ pub(super) async fn run(
     info!("push ended");
 }
 
-/// The wait after the `n`th failure in a row: `min * 2^(n-1)` capped at `max`, then a random
-/// point in its upper half, so destinations that fail together do not retry together.
-fn backoff(settings: &PushSettings, n: u32, seed: &mut u64) -> Duration {
-    let base = settings.backoff_min.saturating_mul(1u32 << (n - 1).min(16));
-    let base = base.min(settings.backoff_max);
-    let fraction = 0.5 + (next(seed) % 1000) as f64 / 2000.0;
-    base.mul_f64(fraction)
-}
-
-fn next(seed: &mut u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed
-}
-
-/// `future`'s output unless `limit` passes first.
-async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Option<T> {
-    async { Some(future.await) }
-        .or(async {
-            glommio::timer::sleep(limit).await;
-            None
-        })
-        .await
-}
-
-/// The destination's address: an IP literal as it is, a name resolved on a thread of its own
-/// (a shard never waits on DNS), its answer polled without blocking.
-async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    let (tx, rx) = std::sync::mpsc::channel();
-    let name = host.to_string();
-    std::thread::Builder::new()
-        .name("push-resolve".into())
-        .spawn(move || {
-            let _ = tx.send((name.as_str(), port).to_socket_addrs().map(|mut a| a.next()));
-        })
-        .map_err(|e| format!("cannot start a resolver thread: {e}"))?;
-    loop {
-        match rx.try_recv() {
-            Ok(Ok(Some(addr))) => return Ok(addr),
-            Ok(Ok(None)) => return Err(format!("{host}: no address")),
-            Ok(Err(e)) => return Err(format!("{host}: {e}")),
-            Err(std::sync::mpsc::TryRecvError::Empty) => {
-                glommio::timer::sleep(Duration::from_millis(10)).await
-            }
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                return Err(format!("{host}: resolver failed"))
-            }
-        }
-    }
-}
-
-fn random_bytes(seed: &mut u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(RANDOM_LEN + 8);
-    while out.len() < RANDOM_LEN {
-        out.extend_from_slice(&next(seed).to_le_bytes());
-    }
-    out.truncate(RANDOM_LEN);
-    out
-}
-
 /// One connection to the destination, from connect to its end.
 async fn attempt(
     handle: &Rc<PushHandle>,
@@ -252,22 +191,7 @@ async fn attempt(
     seed: &mut u64,
 ) -> Ended {
     let target = &handle.target;
-    let connecting = async {
-        let addr = resolve(&target.host, target.port).await?;
-        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let socket = match (&handle.tls, target.tls) {
-            (Some(config), true) => {
-                let name = ServerName::try_from(target.host.clone())
-                    .map_err(|e| format!("{}: not a TLS server name: {e}", target.host))?;
-                Socket::tls_client(stream, config.clone(), name).map_err(|e| e.to_string())?
-            }
-            (None, true) => return Err("rtmps destination without a TLS configuration".into()),
-            _ => Socket::new(stream),
-        };
-        socket.handshake().await.map_err(|e| format!("TLS handshake: {e}"))?;
-        Ok::<_, String>((addr, socket))
-    };
+    let connecting = open(&target.host, target.port, target.tls, handle.tls.as_ref());
     let connected = async { Some(within(settings.connect_timeout, connecting).await) }
         .or(async {
             handle.until_stopped().await;

@@ -27,7 +27,7 @@ use crate::conn::{self, ConnContext};
 use crate::metrics::{
     CountersSnapshot, HttpServer, Limit, LimitCounts, ShardCounters, ShardStats, TransportStats,
 };
-use crate::relay::{PushRelays, PushSettings};
+use crate::relay::{PullRelays, PullSettings, PushRelays, PushSettings};
 use crate::stream::{Registry, ShardMessage, ShardOutbox, StreamKey};
 use crate::telemetry::LogLimiter;
 
@@ -300,6 +300,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         None => (None, None),
     };
     let push_settings = config.push_settings()?;
+    let pull_settings = config.pull_settings()?;
 
     let shard_count = config.shard_count();
     let auth_settings = config.auth_settings()?;
@@ -338,6 +339,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
             rtmps: rtmps_addr.zip(server_tls.as_ref().map(|t| t.config.clone())),
             push: push_settings.clone(),
             auth: authority.clone(),
+            pull: pull_settings.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("shard-{shard_id}"))
@@ -407,6 +409,7 @@ struct ShardSetup {
     rtmps: Option<(SocketAddr, std::sync::Arc<rustls::ServerConfig>)>,
     push: PushSettings,
     auth: std::sync::Arc<Authority>,
+    pull: PullSettings,
 }
 
 /// (shard id, the shard's own test listener) once the shard serves.
@@ -459,7 +462,9 @@ async fn wait_for_shutdown(
 }
 
 async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready: Ready) {
-    let ShardSetup { thread_index, shard_count, addr, config, mesh, rtmps, push, auth, .. } = setup;
+    let ShardSetup {
+        thread_index, shard_count, addr, config, mesh, rtmps, push, pull, auth, ..
+    } = setup;
     let bind = |addr: SocketAddr| {
         TcpListener::bind(addr)
             .map_err(|e| StartError::Bind { addr, source: std::io::Error::other(e.to_string()) })
@@ -535,7 +540,11 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
     let ctx = Rc::new(ctx);
     let pushes = Rc::new(PushRelays::new(push, ctx.registry.settings().clone(), shard_id));
     if !pushes.is_empty() {
-        ctx.registry.set_publish_hook(pushes.clone());
+        ctx.registry.add_publish_hook(pushes.clone());
+    }
+    let pulls = Rc::new(PullRelays::new(pull, &ctx, shard_count));
+    if !pulls.is_empty() {
+        ctx.registry.add_publish_hook(Rc::new(pulls.clone()));
     }
     let snapshot = {
         let ctx = ctx.clone();
@@ -574,6 +583,8 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
             _mesh_tasks.push(glommio::spawn_local(task.instrument(span.clone())));
         }
     }
+    // Always-on pulls start once the mesh carries their frames to other shards' players.
+    pulls.start();
     let _ = ready.send(Ok((shard_id, test_listener.as_ref().and_then(|l| l.local_addr().ok()))));
 
     let accept_loop = |listener: TcpListener| {
@@ -643,8 +654,11 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
             let stats = || {
                 let now = Instant::now();
                 let mut stats = ctx.registry.shard_stats(now);
-                stats.transport =
-                    TransportStats { tls: ctx.tls_counters.snapshot(), pushes: pushes.stats(now) };
+                stats.transport = TransportStats {
+                    tls: ctx.tls_counters.snapshot(),
+                    pushes: pushes.stats(now),
+                    pulls: pulls.stats(now),
+                };
                 Some(stats)
             };
             periodic.or(wait_for_shutdown(&control, &snapshot, stats)).await;

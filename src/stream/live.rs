@@ -174,6 +174,12 @@ impl Stream {
         self.state.borrow().subscribers.len()
     }
 
+    /// Whether anyone watches: a player here (outbound relays do not count) or a mirror shard.
+    pub fn has_audience(&self) -> bool {
+        let state = self.state.borrow();
+        !state.mirror_shards.is_empty() || state.subscribers.iter().any(|s| !s.is_relay())
+    }
+
     /// Shards mirroring this stream (owner only).
     pub fn mirror_shards(&self) -> Vec<usize> {
         self.state.borrow().mirror_shards.iter().map(|r| r.shard).collect()

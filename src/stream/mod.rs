@@ -108,13 +108,22 @@ pub trait Liveness: fmt::Debug {
 }
 
 /// What starts and stops with each publish of a stream this shard owns, besides the stream
-/// itself: the outbound relays (push) of the stream's app. Implemented above this module (it
-/// opens connections); the registry calls it on the owner shard, whatever the publisher's shard.
+/// itself: the outbound relays (push) of the stream's app, and the pulls that feed streams.
+/// Implemented above this module (it opens connections); the registry calls it on the owner
+/// shard, whatever the publisher's or the player's shard.
 pub trait PublishHook: fmt::Debug {
     /// A publish of `stream` started.
     fn published(&self, stream: &Rc<Stream>, now: std::time::Instant);
     /// That publish ended (the publisher left, or the server shuts down).
     fn unpublished(&self, stream: &Rc<Stream>, now: std::time::Instant);
+    /// A player joined `stream` (on the owner, or a mirror of another shard subscribed): an
+    /// on-demand source starts here.
+    fn wanted(&self, _stream: &Rc<Stream>, _now: std::time::Instant) {}
+    /// Whether `key` is fed by a source of this hook's (a configured pull), so that no
+    /// connection may publish it.
+    fn claims(&self, _key: &StreamKey) -> bool {
+        false
+    }
 }
 
 /// Why a publish was refused.
@@ -124,6 +133,8 @@ pub enum PublishRefused {
     AlreadyPublishing { by: SocketAddr },
     /// A limit refuses a new stream.
     Limit(Limit),
+    /// The key belongs to a configured source (a pull): no connection publishes it.
+    Reserved,
 }
 
 impl fmt::Display for PublishRefused {
@@ -131,6 +142,7 @@ impl fmt::Display for PublishRefused {
         match self {
             PublishRefused::AlreadyPublishing { by } => write!(f, "already published by {by}"),
             PublishRefused::Limit(limit) => write!(f, "limit {limit} reached"),
+            PublishRefused::Reserved => f.write_str("the key is fed by a configured pull"),
         }
     }
 }

@@ -82,6 +82,8 @@ impl Registry {
                     publisher,
                     frames,
                 });
+                // Players on another shard want it: an on-demand pull starts here.
+                self.hook_wanted(&stream, now);
             }
             ShardMessage::Unsubscribe { key, delivered } => {
                 if let Some(stream) = self.get(&key).filter(|s| !s.is_mirror()) {

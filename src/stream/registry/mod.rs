@@ -66,8 +66,9 @@ pub struct Registry {
     record_counters: Rc<RecordCounters>,
     /// Recordings finishing in the background (their files not yet closed).
     recordings_closing: Rc<Cell<usize>>,
-    /// Told of every publish start and end of an owned stream (push relays).
-    hook: RefCell<Option<Rc<dyn PublishHook>>>,
+    /// Told of every publish start and end of an owned stream, and of its players (push
+    /// relays, pulls).
+    hooks: RefCell<Vec<Rc<dyn PublishHook>>>,
 }
 
 impl Registry {
@@ -105,27 +106,37 @@ impl Registry {
             counters,
             record_counters: Rc::default(),
             recordings_closing: Rc::default(),
-            hook: RefCell::new(None),
+            hooks: RefCell::new(Vec::new()),
         }
     }
 
-    /// Sets what is told of every publish start and end of a stream this shard owns.
-    pub fn set_publish_hook(&self, hook: Rc<dyn PublishHook>) {
-        *self.hook.borrow_mut() = Some(hook);
+    /// Adds what is told of every publish start and end of a stream this shard owns, and of
+    /// its players.
+    pub fn add_publish_hook(&self, hook: Rc<dyn PublishHook>) {
+        self.hooks.borrow_mut().push(hook);
+    }
+
+    /// The hooks, copied out so that a hook may call back into the registry.
+    fn hooks(&self) -> Vec<Rc<dyn PublishHook>> {
+        self.hooks.borrow().clone()
     }
 
     pub(super) fn hook_published(&self, stream: &Rc<Stream>, now: Instant) {
-        let hook = self.hook.borrow().clone();
-        if let Some(hook) = hook {
-            hook.published(stream, now);
-        }
+        self.hooks().iter().for_each(|hook| hook.published(stream, now));
     }
 
     pub(super) fn hook_unpublished(&self, stream: &Rc<Stream>, now: Instant) {
-        let hook = self.hook.borrow().clone();
-        if let Some(hook) = hook {
-            hook.unpublished(stream, now);
-        }
+        self.hooks().iter().for_each(|hook| hook.unpublished(stream, now));
+    }
+
+    /// A player joined `stream`, owned here.
+    pub(super) fn hook_wanted(&self, stream: &Rc<Stream>, now: Instant) {
+        self.hooks().iter().for_each(|hook| hook.wanted(stream, now));
+    }
+
+    /// Whether a configured source feeds `key` (no connection may publish it).
+    pub(super) fn reserved(&self, key: &StreamKey) -> bool {
+        self.hooks.borrow().iter().any(|hook| hook.claims(key))
     }
 
     pub fn settings(&self) -> &RelaySettings {
@@ -312,6 +323,9 @@ impl Registry {
         stream.add_subscriber(subscriber, now, &self.settings);
         self.counters.plays.inc();
         self.counters.subscribers.inc();
+        if !stream.is_mirror() {
+            self.hook_wanted(&stream, now);
+        }
         Ok(stream)
     }
 

@@ -115,6 +115,11 @@ impl Registry {
         requester: usize,
         now: Instant,
     ) -> Option<Result<Rc<Stream>, PublishRefused>> {
+        // A configured pull owns its key: a connection never publishes it (the pull
+        // publishes through `publish_source`, which does not ask).
+        if self.reserved(&key) {
+            return Some(Err(PublishRefused::Reserved));
+        }
         let held = self.get(&key).and_then(|s| s.publisher().map(|holder| (s, holder)));
         if let Some((stream, holder)) = held.filter(|(_, h)| h.conn_id != publisher.conn_id) {
             if holder.shard != self.shard_id && holder.shard < self.outboxes.len() {
@@ -238,6 +243,23 @@ impl Registry {
         self.start_recording(&stream);
         self.hook_published(&stream, now);
         Ok(stream)
+    }
+
+    /// A source that the owner shard drives itself (an upstream pull) starts publishing `key`,
+    /// which this shard must own: the same publish as a connection's on the owner (recording,
+    /// push relays, players told), without the holder checks that only connections need. Its
+    /// frames go through the returned [`Publication`] like a local publisher's.
+    pub fn publish_source(
+        &self,
+        key: StreamKey,
+        source: PublisherInfo,
+        now: Instant,
+    ) -> Result<Publication, PublishRefused> {
+        if !self.owns(&key) {
+            return Err(PublishRefused::Reserved);
+        }
+        let conn_id = source.conn_id;
+        self.publish(key, source, now).map(|stream| Publication::owned(stream, conn_id))
     }
 
     /// Starts recording a publish that just started, if its app is recorded. A key that cannot
