@@ -7,12 +7,22 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use rtmp_proto::session::SessionConfig;
+use serde::{Deserialize, Serialize};
+
+// Operations (issue 16): the effective config as TOML for `check-config`, the commented
+// default file for the package, and what a reload may change. Kept apart so that the sections
+// other features add here merge cleanly.
+mod file;
+mod reload;
+pub use file::{default_config_file, effective_toml, is_secret};
+pub use reload::{plan_reload, ReloadPlan, LIVE_KEYS, RESTART_KEYS};
 
 /// The protocol's defaults, which the protocol flags take as theirs.
 const SESSION: SessionConfig = SessionConfig::DEFAULT;
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -23,8 +33,13 @@ pub enum LogFormat {
 /// rtmp-relay: a thread-per-core RTMP relay. Publish with
 /// `ffmpeg -re -i in.mp4 -c copy -f flv rtmp://HOST/live/KEY`, play with
 /// `ffplay rtmp://HOST/live/KEY`.
-#[derive(Debug, Clone, Parser)]
+///
+/// Serialised (kebab-case keys, the long flag names) for `check-config`, the default config
+/// file and reload's comparison of the running config with the file's.
+#[derive(Debug, Clone, Parser, Serialize, Deserialize)]
 #[command(name = "rtmp-relay", version, about, long_about = None, args_override_self = true)]
+#[command(after_long_help = file::COMMANDS_HELP)]
+#[serde(rename_all = "kebab-case")]
 pub struct Config {
     /// Address to accept RTMP connections on.
     #[arg(long, env = "RTMP_RELAY_LISTEN", default_value = "0.0.0.0:1935")]
@@ -60,6 +75,15 @@ pub struct Config {
     /// what a panic does to the process (it must exit loudly, not run on with a dead shard).
     #[arg(long, hide = true)]
     pub debug_panic_on_key: Option<String>,
+
+    /// Testing aid: a play of this stream key blocks its shard's thread for
+    /// --debug-stall-secs, so a test can see the watchdog stop while a shard does not answer.
+    #[arg(long, hide = true)]
+    pub debug_stall_on_key: Option<String>,
+
+    /// Testing aid: how long --debug-stall-on-key blocks the shard.
+    #[arg(long, hide = true, default_value_t = 10)]
+    pub debug_stall_secs: u64,
 
     /// Address of the HTTP control plane: /metrics (Prometheus), /api/streams (JSON), /healthz.
     /// Keep it on localhost or behind a firewall: it lists peers and stream keys.
@@ -332,7 +356,25 @@ impl Config {
             )));
         }
         if let Some(record) = self.record_config() {
-            record.validate().map_err(|e| ConfigError(format!("recording: {e}")))?;
+            record.validate().map_err(|e| match e {
+                crate::record::RecordError::Template(problem) => {
+                    ConfigError(format!("--record-template: {problem}"))
+                }
+                crate::record::RecordError::Config { knob, problem } => {
+                    let flag = match knob {
+                        "flush_interval" => "record-flush-ms".to_owned(),
+                        knob => format!("record-{}", knob.replace('_', "-")),
+                    };
+                    ConfigError(format!("--{flag}: {problem}"))
+                }
+                other => ConfigError(format!("recording: {other}")),
+            })?;
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return Err(ConfigError(format!(
+                "--log-level ({:?}) is not a valid log filter: {e}",
+                self.log_level
+            )));
         }
         if self.max_message_bytes == 0 || self.max_message_bytes > 0xff_ffff {
             return Err(ConfigError(format!(
