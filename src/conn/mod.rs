@@ -63,6 +63,9 @@ pub struct ConnContext {
     ip_table: Rc<IpTable>,
     /// Testing aid (`--debug-panic-on-key`): playing this key panics the connection's task.
     pub debug_panic_key: Option<String>,
+    /// Testing aid (`--debug-stall-on-key`): playing this key blocks the shard's thread this
+    /// long, so a test can see the watchdog notice a shard that does not answer.
+    pub debug_stall: Option<(String, Duration)>,
     /// Time base for handshake timestamps.
     pub epoch: Instant,
     /// Every open connection's queue, so a shutdown can close them all.
@@ -96,6 +99,7 @@ impl ConnContext {
             max_connections,
             ip_table: Rc::default(),
             debug_panic_key: None,
+            debug_stall: None,
             epoch,
             open: RefCell::new(HashMap::new()),
             refusal_log: LogLimiter::new(Duration::from_secs(1)),

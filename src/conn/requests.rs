@@ -91,6 +91,13 @@ impl Connection {
                 if self.ctx.debug_panic_key.as_deref() == Some(name.key.as_str()) {
                     panic!("--debug-panic-on-key: a play of {:?} panics on purpose", name.key);
                 }
+                if let Some((_, stall)) =
+                    self.ctx.debug_stall.as_ref().filter(|(key, _)| *key == name.key)
+                {
+                    warn!(secs = stall.as_secs(), "--debug-stall-on-key: blocking the shard");
+                    // On purpose: the testing aid for the watchdog blocks the whole executor.
+                    std::thread::sleep(*stall);
+                }
                 let key = self.key(&name.key);
                 if let Err(limit) = self.ctx.registry.check_play(&key) {
                     warn!(stream = %key, limit = limit.name(), "play refused");

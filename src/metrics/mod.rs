@@ -12,7 +12,7 @@ pub mod stats;
 
 use std::cell::{Cell, RefCell};
 
-pub use http::{serve as serve_http, HttpError, HttpServer};
+pub use http::{reload_allowed, serve as serve_http, HttpError, HttpServer, ReloadHook};
 pub use limits::{Limit, LimitCounters, LimitCounts};
 pub use recording::{RecordCounters, RecordCountersSnapshot};
 pub use stats::{DeliveryTotals, ShardStats, StreamStats, SubscriberStats};
