@@ -1,13 +1,27 @@
-//! `rtmp-relay`: config -> telemetry -> runtime -> exit code.
+//! `rtmp-relay`: config -> telemetry -> service (runtime, signals, systemd) -> exit code.
+//!
+//! Two commands run instead of the server: `check-config FILE` (load, validate, print the
+//! effective config with secrets masked) and `default-config` (print the commented default
+//! file).
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use rtmp_relay::config::{LoadError, LogFormat};
-use rtmp_relay::{telemetry, Config};
-use tracing::{error, info};
+use rtmp_relay::config::{default_config_file, effective_toml, LoadError, LogFormat};
+use rtmp_relay::{service, telemetry, Config};
+use tracing::error;
 
 fn main() -> ExitCode {
-    let config = match Config::load(std::env::args_os()) {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("check-config") => return check_config(&args[2..]),
+        Some("default-config") => {
+            print!("{}", default_config_file());
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let config = match Config::load(args.iter().cloned()) {
         Ok(config) => config,
         // --help and --version arrive here too: clap prints them and exits 0.
         Err(LoadError::Flags(e)) => e.exit(),
@@ -18,32 +32,31 @@ fn main() -> ExitCode {
     };
     telemetry::init(&config.log_level, config.log_format == LogFormat::Json);
     abort_on_panic();
-    // Block SIGINT/SIGTERM here, before any shard thread exists, so every thread inherits the
-    // mask and the signals wait for `sigwait` below instead of killing the process mid-write.
-    let signals = match block_shutdown_signals() {
-        Ok(signals) => signals,
+    service::run(args, config)
+}
+
+/// `rtmp-relay check-config FILE`, like `nginx -t`: 0 and the effective config on stdout when
+/// FILE loads and validates; 1 and one line naming the key and the problem otherwise.
+fn check_config(rest: &[OsString]) -> ExitCode {
+    let [file] = rest else {
+        eprintln!("usage: rtmp-relay check-config FILE");
+        return ExitCode::from(2);
+    };
+    let shown = file.to_string_lossy();
+    let loaded = Config::load([OsString::from("rtmp-relay"), "--config".into(), file.clone()]);
+    let config = match loaded {
+        Ok(config) => config,
         Err(e) => {
-            error!(error = %e, "cannot install signal handling");
+            eprintln!("rtmp-relay: {shown}: {}", service::describe(&e));
             return ExitCode::FAILURE;
         }
     };
-    let server = match rtmp_relay::start(&config) {
-        Ok(server) => server,
-        Err(e) => {
-            error!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let signal = wait_for(&signals);
-    info!(signal, timeout_secs = config.shutdown_timeout_secs, "shutting down gracefully");
-    // A second signal means "now": an operator who does not want to wait is not made to.
-    std::thread::spawn(move || {
-        let signal = wait_for(&signals);
-        error!(signal, "second signal: exiting at once");
-        std::process::exit(130);
-    });
-    server.shutdown();
-    info!("shut down");
+    if let Err(e) = config.validate() {
+        eprintln!("rtmp-relay: {shown}: {e}");
+        return ExitCode::FAILURE;
+    }
+    print!("{}", effective_toml(&config));
+    eprintln!("rtmp-relay: {shown}: configuration ok");
     ExitCode::SUCCESS
 }
 
@@ -59,31 +72,4 @@ fn abort_on_panic() {
         default_hook(info);
         std::process::abort();
     }));
-}
-
-fn block_shutdown_signals() -> std::io::Result<libc::sigset_t> {
-    // SAFETY: sigemptyset/sigaddset initialise the set we own; pthread_sigmask only changes this
-    // thread's mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc));
-        }
-        Ok(set)
-    }
-}
-
-fn wait_for(set: &libc::sigset_t) -> &'static str {
-    let mut signal = 0;
-    // SAFETY: `set` was initialised by `block_shutdown_signals` and its signals are blocked.
-    unsafe { libc::sigwait(set, &mut signal) };
-    if signal == libc::SIGTERM {
-        "SIGTERM"
-    } else {
-        "SIGINT"
-    }
 }

@@ -1,5 +1,5 @@
 //! Keeps the layering of `src/lib.rs` true: every `crate::` import in `src/` points down the
-//! list `runtime, config, conn, stream, record`, leaves (`frame`, `metrics`, `telemetry`)
+//! list `service, runtime, config, conn, stream, record`, leaves (`frame`, `metrics`, `telemetry`)
 //! import nothing from the crate, and the protocol crate stays free of IO, clocks and
 //! randomness.
 
@@ -97,7 +97,7 @@ fn connections_do_not_reach_into_the_runtime() {
 }
 
 /// `src/lib.rs`'s order: a module may import only modules after it. Leaves import nothing.
-const LAYERS: &[&str] = &["runtime", "config", "conn", "stream", "record"];
+const LAYERS: &[&str] = &["service", "runtime", "config", "conn", "stream", "record"];
 const LEAVES: &[&str] = &["frame", "metrics", "telemetry"];
 
 /// The top-level module a file under `src/` belongs to (`None` for the crate roots).
