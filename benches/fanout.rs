@@ -153,7 +153,7 @@ impl Fanout {
             stream.relay_frame(
                 Rc::new(Frame::of(media, &settings.encoder)),
                 now,
-                settings,
+                &settings,
                 counters,
             )
         };
@@ -189,7 +189,7 @@ impl Fanout {
         let media = self.source.next();
         let settings = self.registry.settings();
         let frame = Rc::new(Frame::of(media, &settings.encoder));
-        self.stream.relay_frame(frame, self.now, settings, self.registry.counters());
+        self.stream.relay_frame(frame, self.now, &settings, self.registry.counters());
     }
 
     /// What each player's writer does when its socket takes everything.
@@ -430,7 +430,7 @@ fn cache(suite: &mut Suite<'_>) -> TableFn {
         let is_metadata = frame.kind == MediaKind::Data;
         let media = media(frame.kind, frame.timestamp, frame.payload.clone(), is_metadata);
         let frame = Rc::new(Frame::of(media, &registry.settings().encoder));
-        stream.relay_frame(frame, now, registry.settings(), registry.counters());
+        stream.relay_frame(frame, now, &registry.settings(), registry.counters());
     }
     let name = "Registry::play + leave (late joiner gets headers + GOP)".to_owned();
     let replayed: usize = replay.iter().map(|f| f.chunks.len()).sum();

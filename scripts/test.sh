@@ -14,8 +14,11 @@ if ! command -v gst-launch-1.0 >/dev/null 2>&1 \
     missing+=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
         gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly)
 fi
+# tests/operations.rs verifies the systemd unit with systemd-analyze: one Debian package,
+# a few seconds to install, so it is installed rather than the check skipped.
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
-    echo "== installing ${missing[*]} (interop tests)"
+    echo "== installing ${missing[*]} (interop and unit tests)"
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
     $SUDO apt-get update -qq

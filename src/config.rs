@@ -7,12 +7,22 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use rtmp_proto::session::SessionConfig;
+use serde::{Deserialize, Serialize};
+
+// Operations (issue 16): the effective config as TOML for `check-config`, the commented
+// default file for the package, and what a reload may change. Kept apart so that the sections
+// other features add here merge cleanly.
+mod file;
+mod reload;
+pub use file::{default_config_file, effective_toml, is_secret};
+pub use reload::{plan_reload, ReloadPlan, LIVE_KEYS, RESTART_KEYS};
 
 /// The protocol's defaults, which the protocol flags take as theirs.
 const SESSION: SessionConfig = SessionConfig::DEFAULT;
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -23,8 +33,13 @@ pub enum LogFormat {
 /// rtmp-relay: a thread-per-core RTMP relay. Publish with
 /// `ffmpeg -re -i in.mp4 -c copy -f flv rtmp://HOST/live/KEY`, play with
 /// `ffplay rtmp://HOST/live/KEY`.
-#[derive(Debug, Clone, Parser)]
+///
+/// Serialised (kebab-case keys, the long flag names) for `check-config`, the default config
+/// file and reload's comparison of the running config with the file's.
+#[derive(Debug, Clone, Parser, Serialize, Deserialize)]
 #[command(name = "rtmp-relay", version, about, long_about = None, args_override_self = true)]
+#[command(after_long_help = file::COMMANDS_HELP)]
+#[serde(rename_all = "kebab-case")]
 pub struct Config {
     /// Address to accept RTMP connections on.
     #[arg(long, env = "RTMP_RELAY_LISTEN", default_value = "0.0.0.0:1935")]
@@ -60,6 +75,15 @@ pub struct Config {
     /// what a panic does to the process (it must exit loudly, not run on with a dead shard).
     #[arg(long, hide = true)]
     pub debug_panic_on_key: Option<String>,
+
+    /// Testing aid: a play of this stream key blocks its shard's thread for
+    /// --debug-stall-secs, so a test can see the watchdog stop while a shard does not answer.
+    #[arg(long, hide = true)]
+    pub debug_stall_on_key: Option<String>,
+
+    /// Testing aid: how long --debug-stall-on-key blocks the shard.
+    #[arg(long, hide = true, default_value_t = 10)]
+    pub debug_stall_secs: u64,
 
     /// Address of the HTTP control plane: /metrics (Prometheus), /api/streams (JSON), /healthz.
     /// Keep it on localhost or behind a firewall: it lists peers and stream keys.
@@ -261,6 +285,7 @@ pub struct Config {
     /// More RTMPS certificates, chosen by SNI (config file only): `[[rtmps-certs]]` tables with
     /// `cert`, `key` and `names = ["live.example.com", "*.example.net"]`.
     #[arg(skip)]
+    #[serde(skip)]
     pub rtmps_certs: Vec<CertEntry>,
 
     /// Push every published stream to this URL (`rtmp://` or `rtmps://`; `{app}` and `{name}`
@@ -271,11 +296,12 @@ pub struct Config {
     /// Push rules (config file only): `[[push]]` tables with `url`, and optionally `app`,
     /// `names` (a `*` pattern), `ca-file`, `insecure-skip-verify`, `pin-sha256`.
     #[arg(skip)]
+    #[serde(skip)]
     pub pushes: Vec<PushEntry>,
 
     /// Bytes queued for one push destination above which it is disconnected and reconnected
     /// (a destination slower than the stream; video is skipped to the next keyframe long
-    /// before, past --subscriber-soft-lag-ms).
+    /// before, past --player-soft-lag-ms).
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub push_queue_bytes: usize,
 
@@ -406,6 +432,7 @@ pub struct Config {
     /// Per-app access policies, secret-key maps and per-event callback URLs: the `[auth]`
     /// section of the config file (see README, "Access control").
     #[arg(skip)]
+    #[serde(skip)]
     pub auth_file: AuthSection,
 
     /// Feed one local stream from an upstream: `APP/NAME=URL` (`rtmp://` or `rtmps://`), run
@@ -423,6 +450,7 @@ pub struct Config {
     /// `mode` (`always` or `on-demand`, the default), `ca-file`, `insecure-skip-verify`,
     /// `pin-sha256`.
     #[arg(skip)]
+    #[serde(skip)]
     pub pulls: Vec<PullEntry>,
 
     /// Seconds an on-demand pull keeps running after its last player left (a viewer who comes
@@ -471,7 +499,7 @@ pub struct Config {
 }
 
 /// One RTMPS certificate of the config file (`[[rtmps-certs]]`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct CertEntry {
     pub cert: std::path::PathBuf,
@@ -481,7 +509,7 @@ pub struct CertEntry {
 }
 
 /// One push rule of the config file (`[[push]]`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PushEntry {
     /// Destination URL; `{app}` and `{name}` are replaced by the local stream's.
@@ -498,7 +526,7 @@ pub struct PushEntry {
 }
 
 /// One pull of the config file (`[[pull]]`): the local stream `app`/`name` fed from `url`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PullEntry {
     pub app: String,
@@ -603,6 +631,8 @@ fn toml_to_flags(mut table: toml::Table) -> Result<(Vec<String>, Sections), Stri
         match &value {
             toml::Value::Boolean(true) => flags.push(flag),
             toml::Value::Boolean(false) => {}
+            // An empty list is the default (no flag), not one empty item.
+            toml::Value::Array(items) if items.is_empty() => {}
             toml::Value::Array(items) => {
                 let items: Result<Vec<String>, String> = items.iter().map(scalar).collect();
                 flags.push(format!("{flag}={}", items?.join(",")));
@@ -621,7 +651,7 @@ impl Default for Config {
 }
 
 /// The `[auth]` section of the config file.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
     /// `[auth.apps.NAME]`: one app's policy.
@@ -633,7 +663,7 @@ pub struct AuthSection {
 }
 
 /// `[auth.apps.NAME]`: what it leaves out comes from the flags' default policy.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppSection {
     pub publish: Option<crate::auth::Method>,
@@ -650,7 +680,7 @@ pub struct AppSection {
 }
 
 /// `[auth.callback]`.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallbackUrls {
     pub on_publish: Option<String>,
@@ -717,7 +747,25 @@ impl Config {
         }
         self.auth_settings()?;
         if let Some(record) = self.record_config() {
-            record.validate().map_err(|e| ConfigError(format!("recording: {e}")))?;
+            record.validate().map_err(|e| match e {
+                crate::record::RecordError::Template(problem) => {
+                    ConfigError(format!("--record-template: {problem}"))
+                }
+                crate::record::RecordError::Config { knob, problem } => {
+                    let flag = match knob {
+                        "flush_interval" => "record-flush-ms".to_owned(),
+                        knob => format!("record-{}", knob.replace('_', "-")),
+                    };
+                    ConfigError(format!("--{flag}: {problem}"))
+                }
+                other => ConfigError(format!("recording: {other}")),
+            })?;
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return Err(ConfigError(format!(
+                "--log-level ({:?}) is not a valid log filter: {e}",
+                self.log_level
+            )));
         }
         if self.rtmps_listen.is_some() && self.rtmps_cert_specs().is_empty() {
             return Err(ConfigError(

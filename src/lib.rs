@@ -6,6 +6,8 @@
 //!
 //! # Layout and dependency direction
 //! Every module imports only modules below it in this list, never one above (no cycles):
+//! - [`service`]: the binary's life as a service: signals, systemd readiness, status and
+//!   watchdog, and the reload path from a new config file to every shard.
 //! - [`runtime`]: executors, listeners, the channel mesh, shutdown; owns the shards.
 //! - [`config`]: one `Config`, and the composition root's conversions from it into each
 //!   module's settings (`ConnLimits`, `RelaySettings`, `RecordConfig`, `SessionConfig`), so no
@@ -35,9 +37,10 @@ pub mod metrics;
 pub mod record;
 pub mod relay;
 pub mod runtime;
+pub mod service;
 pub mod stream;
 pub mod telemetry;
 pub mod tls;
 
 pub use config::Config;
-pub use runtime::{start, ServerHandle, ShardSnapshot, StartError};
+pub use runtime::{start, start_with, ServerHandle, ShardControls, ShardSnapshot, StartError};

@@ -1,17 +1,23 @@
-//! `rtmp-relay`: config -> telemetry -> runtime -> exit code.
+//! `rtmp-relay`: config -> telemetry -> service (runtime, signals, systemd) -> exit code.
+//!
+//! Two commands run instead of the server: `check-config FILE` (load, validate, print the
+//! effective config with secrets masked) and `default-config` (print the commented default
+//! file).
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use rtmp_relay::config::{LoadError, LogFormat};
-use rtmp_relay::{telemetry, Config};
-use tracing::{error, info, warn};
+use rtmp_relay::config::{default_config_file, effective_toml, LoadError, LogFormat};
+use rtmp_relay::{service, telemetry, Config};
+use tracing::error;
 
 fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
     // `rtmp-relay token ...`: mint a token and exit.
-    if std::env::args_os().nth(1).is_some_and(|a| a == "token") {
+    if args.get(1).is_some_and(|a| a == "token") {
         use clap::Parser;
-        let args = rtmp_relay::auth::cli::TokenArgs::parse_from(std::env::args_os().skip(1));
-        return match rtmp_relay::auth::cli::run(args, std::time::SystemTime::now()) {
+        let token_args = rtmp_relay::auth::cli::TokenArgs::parse_from(args.iter().skip(1));
+        return match rtmp_relay::auth::cli::run(token_args, std::time::SystemTime::now()) {
             Ok(out) => {
                 println!("{out}");
                 ExitCode::SUCCESS
@@ -22,7 +28,15 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match Config::load(std::env::args_os()) {
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("check-config") => return check_config(&args[2..]),
+        Some("default-config") => {
+            print!("{}", default_config_file());
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let config = match Config::load(args.iter().cloned()) {
         Ok(config) => config,
         // --help and --version arrive here too: clap prints them and exits 0.
         Err(LoadError::Flags(e)) => e.exit(),
@@ -33,51 +47,31 @@ fn main() -> ExitCode {
     };
     telemetry::init(&config.log_level, config.log_format == LogFormat::Json);
     abort_on_panic();
-    // Block SIGINT/SIGTERM (and SIGHUP, the keys reload) here, before any shard thread exists, so every thread inherits the
-    // mask and the signals wait for `sigwait` below instead of killing the process mid-write.
-    let signals = match block_shutdown_signals() {
-        Ok(signals) => signals,
+    service::run(args, config)
+}
+
+/// `rtmp-relay check-config FILE`, like `nginx -t`: 0 and the effective config on stdout when
+/// FILE loads and validates; 1 and one line naming the key and the problem otherwise.
+fn check_config(rest: &[OsString]) -> ExitCode {
+    let [file] = rest else {
+        eprintln!("usage: rtmp-relay check-config FILE");
+        return ExitCode::from(2);
+    };
+    let shown = file.to_string_lossy();
+    let loaded = Config::load([OsString::from("rtmp-relay"), "--config".into(), file.clone()]);
+    let config = match loaded {
+        Ok(config) => config,
         Err(e) => {
-            error!(error = %e, "cannot install signal handling");
+            eprintln!("rtmp-relay: {shown}: {}", service::describe(&e));
             return ExitCode::FAILURE;
         }
     };
-    let server = match rtmp_relay::start(&config) {
-        Ok(server) => server,
-        Err(e) => {
-            error!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // SIGHUP reloads the RTMPS certificates (on the reloader's thread) and the access-control
-    // keys; SIGINT/SIGTERM stop.
-    let signal = loop {
-        match wait_for(&signals) {
-            "SIGHUP" => {
-                info!("SIGHUP: reloading TLS certificates and auth keys");
-                server.request_tls_reload();
-                match server.reload_auth_keys() {
-                    Ok(keys) => info!(keys, "SIGHUP: auth keys reloaded"),
-                    Err(e) => warn!(error = %e, "SIGHUP: auth keys not reloaded"),
-                }
-            }
-            signal => break signal,
-        }
-    };
-    info!(signal, timeout_secs = config.shutdown_timeout_secs, "shutting down gracefully");
-    // A second signal means "now": an operator who does not want to wait is not made to.
-    std::thread::spawn(move || {
-        let signal = loop {
-            match wait_for(&signals) {
-                "SIGHUP" => continue,
-                signal => break signal,
-            }
-        };
-        error!(signal, "second signal: exiting at once");
-        std::process::exit(130);
-    });
-    server.shutdown();
-    info!("shut down");
+    if let Err(e) = config.validate() {
+        eprintln!("rtmp-relay: {shown}: {e}");
+        return ExitCode::FAILURE;
+    }
+    print!("{}", effective_toml(&config));
+    eprintln!("rtmp-relay: {shown}: configuration ok");
     ExitCode::SUCCESS
 }
 
@@ -93,33 +87,4 @@ fn abort_on_panic() {
         default_hook(info);
         std::process::abort();
     }));
-}
-
-/// SIGINT and SIGTERM (shutdown) and SIGHUP (reload certificates).
-fn block_shutdown_signals() -> std::io::Result<libc::sigset_t> {
-    // SAFETY: sigemptyset/sigaddset initialise the set we own; pthread_sigmask only changes this
-    // thread's mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc));
-        }
-        Ok(set)
-    }
-}
-
-fn wait_for(set: &libc::sigset_t) -> &'static str {
-    let mut signal = 0;
-    // SAFETY: `set` was initialised by `block_shutdown_signals` and its signals are blocked.
-    unsafe { libc::sigwait(set, &mut signal) };
-    match signal {
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGHUP => "SIGHUP",
-        _ => "SIGINT",
-    }
 }

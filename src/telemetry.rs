@@ -4,17 +4,49 @@
 //! filtered by the configured level.
 
 use std::cell::Cell;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tracing_subscriber::EnvFilter;
 
+/// Swaps the installed subscriber's filter; set once by [`init`].
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+static FILTER: OnceLock<SetFilter> = OnceLock::new();
+
 /// Installs the global subscriber: `filter` in `tracing`'s env-filter syntax (e.g. `info` or
 /// `warn,rtmp_relay::conn=debug`), JSON lines or human-readable text. A second call (tests
-/// starting several servers) is a no-op.
+/// starting several servers) is a no-op. The filter can be changed later with [`set_filter`].
 pub fn init(filter: &str, json: bool) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_thread_names(true);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    // The handle's type names the formatter, which differs between JSON and text: keep a
+    // closure over it instead. Reloading is set up last, over the final formatter.
+    let installed = if json {
+        let builder = builder.json().with_filter_reloading();
+        let handle = builder.reload_handle();
+        builder.try_init().map(|()| -> SetFilter {
+            Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+        })
+    } else {
+        let builder = builder.with_filter_reloading();
+        let handle = builder.reload_handle();
+        builder.try_init().map(|()| -> SetFilter {
+            Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+        })
+    };
+    if let Ok(set) = installed {
+        let _ = FILTER.set(set);
+    }
+}
+
+/// Changes the log filter of the subscriber [`init`] installed (a reload's new `--log-level`).
+/// An invalid filter is refused and the current one kept.
+pub fn set_filter(filter: &str) -> Result<(), String> {
+    let filter = EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter: {e}"))?;
+    match FILTER.get() {
+        Some(set) => set(filter),
+        None => Err("no log subscriber installed by this process".into()),
+    }
 }
 
 /// At most one log line per `interval` for one source of repeated events (a slow subscriber, a

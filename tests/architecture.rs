@@ -1,6 +1,6 @@
 //! Keeps the layering of `src/lib.rs` true: every `crate::` import in `src/` points down the
-//! list `runtime, config, relay, conn, auth, stream, record`, leaves (`frame`, `metrics`,
-//! `telemetry`, `tls`)
+//! list `service, runtime, config, relay, conn, auth, stream, record`, leaves (`frame`,
+//! `metrics`, `telemetry`, `tls`)
 //! import nothing from the crate, and the protocol crate stays free of IO, clocks and
 //! randomness.
 
@@ -98,7 +98,8 @@ fn connections_do_not_reach_into_the_runtime() {
 }
 
 /// `src/lib.rs`'s order: a module may import only modules after it. Leaves import nothing.
-const LAYERS: &[&str] = &["runtime", "config", "relay", "conn", "auth", "stream", "record"];
+const LAYERS: &[&str] =
+    &["service", "runtime", "config", "relay", "conn", "auth", "stream", "record"];
 const LEAVES: &[&str] = &["frame", "metrics", "telemetry", "tls"];
 
 /// The top-level module a file under `src/` belongs to (`None` for the crate roots).

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use super::Action;
 
 /// How an action (publish or play) is decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// Anyone (today's behaviour; the default so the quick start works).
@@ -64,7 +64,7 @@ impl FromStr for Method {
 
 /// What a callback failure (5xx, timeout, refused connection, garbage, over the concurrency
 /// cap) means for an action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailPolicy {
     Allow,
@@ -130,6 +130,19 @@ impl FromStr for Cidr {
             None => max,
         };
         Ok(Cidr { network, prefix })
+    }
+}
+
+impl serde::Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

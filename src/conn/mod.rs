@@ -73,6 +73,9 @@ pub struct ConnContext {
     auth_state: RefCell<HashMap<u64, requests::ConnAuth>>,
     /// Testing aid (`--debug-panic-on-key`): playing this key panics the connection's task.
     pub debug_panic_key: Option<String>,
+    /// Testing aid (`--debug-stall-on-key`): playing this key blocks the shard's thread this
+    /// long, so a test can see the watchdog notice a shard that does not answer.
+    pub debug_stall: Option<(String, Duration)>,
     /// Time base for handshake timestamps.
     pub epoch: Instant,
     /// Every open connection's queue, so a shutdown can close them all.
@@ -109,6 +112,7 @@ impl ConnContext {
             auth: ShardAuth::open(),
             auth_state: RefCell::default(),
             debug_panic_key: None,
+            debug_stall: None,
             epoch,
             open: RefCell::new(HashMap::new()),
             refusal_log: LogLimiter::new(Duration::from_secs(1)),

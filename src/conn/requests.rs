@@ -133,6 +133,13 @@ impl Connection {
                 if self.ctx.debug_panic_key.as_deref() == Some(name.key.as_str()) {
                     panic!("--debug-panic-on-key: a play of {:?} panics on purpose", name.key);
                 }
+                if let Some((_, stall)) =
+                    self.ctx.debug_stall.as_ref().filter(|(key, _)| *key == name.key)
+                {
+                    warn!(secs = stall.as_secs(), "--debug-stall-on-key: blocking the shard");
+                    // On purpose: the testing aid for the watchdog blocks the whole executor.
+                    std::thread::sleep(*stall);
+                }
                 match self.check_access(Action::Play, &name) {
                     Check::Allowed(grant) => {
                         self.play_admitted(stream_id, Admitted { grant, name }, now)?

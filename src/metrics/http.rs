@@ -1,4 +1,5 @@
-//! The HTTP control plane: `/metrics`, `/api/streams`, `/api/streams/{app}/{key}`, `/healthz`.
+//! The HTTP control plane: `/metrics`, `/api/streams`, `/api/streams/{app}/{key}`, `/healthz`,
+//! and `POST /reload` (from a loopback address only).
 //!
 //! It runs on its own thread with `tiny_http`, never on a shard: a scrape asks every shard for
 //! a report through the runtime's control channel (`gather`) and does all formatting here, so
@@ -21,6 +22,16 @@ pub type Gather = Arc<dyn Fn() -> Option<Vec<ShardStats>> + Send + Sync>;
 /// More Prometheus text for `/metrics`, read without asking the shards (access control's
 /// atomics, see `metrics::auth`).
 pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Reloads the config file: `Ok` with a JSON report of what changed, `Err` with why the file
+/// was refused (the running config is kept).
+pub type ReloadHook = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// Whether a request from `peer` may reload the config. The control plane usually listens on
+/// localhost only; when it is opened wider for scraping, a reload still needs a local peer.
+pub fn reload_allowed(peer: Option<&SocketAddr>) -> bool {
+    peer.is_some_and(|peer| peer.ip().is_loopback())
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot serve HTTP on {addr}: {reason}")]
@@ -62,6 +73,7 @@ pub fn serve(
     addr: SocketAddr,
     gather: Gather,
     extra: Option<ExtraMetrics>,
+    reload: Option<ReloadHook>,
 ) -> Result<HttpServer, HttpError> {
     let server = Server::http(addr).map_err(|e| HttpError { addr, reason: e.to_string() })?;
     let local_addr = server.server_addr().to_ip().unwrap_or(addr);
@@ -72,7 +84,11 @@ pub fn serve(
             .name("http".into())
             .spawn(move || {
                 for request in server.incoming_requests() {
-                    let response = route(request.url(), &gather, extra.as_ref());
+                    let response = if request.url().split('?').next() == Some("/reload") {
+                        reload_route(&request, reload.as_ref())
+                    } else {
+                        route(request.url(), &gather, extra.as_ref())
+                    };
                     if let Err(e) = request.respond(response) {
                         warn!(error = %e, "http response failed");
                     }
@@ -98,6 +114,24 @@ fn json<T: Serialize>(value: &T) -> HttpResponse {
     match serde_json::to_string_pretty(value) {
         Ok(body) => respond(200, "application/json", body),
         Err(e) => respond(500, "text/plain", format!("serialising failed: {e}\n")),
+    }
+}
+
+/// `POST /reload`: 200 with the report, 400 when the file is refused, 403 from another host,
+/// 405 for another method, 404 when this server has no config to reload (in-process servers).
+fn reload_route(request: &tiny_http::Request, reload: Option<&ReloadHook>) -> HttpResponse {
+    if *request.method() != tiny_http::Method::Post {
+        return respond(405, "text/plain", "use POST /reload\n".into());
+    }
+    if !reload_allowed(request.remote_addr()) {
+        return respond(403, "text/plain", "reload is allowed from localhost only\n".into());
+    }
+    match reload {
+        None => respond(404, "text/plain", "this server has no config file to reload\n".into()),
+        Some(reload) => match reload() {
+            Ok(report) => respond(200, "application/json", report),
+            Err(refused) => respond(400, "text/plain", format!("{refused}\n")),
+        },
     }
 }
 
@@ -226,5 +260,20 @@ impl From<&MergedStream<'_>> for StreamJson {
             time_to_first_frame: Quantiles::from(&stream.time_to_first_frame),
             subscribers: stream.parts.iter().flat_map(|p| p.subscribers.iter().cloned()).collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_local_peer_may_reload() {
+        let peer = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(reload_allowed(Some(&peer("127.0.0.1:40000"))));
+        assert!(reload_allowed(Some(&peer("[::1]:40000"))));
+        assert!(!reload_allowed(Some(&peer("10.0.0.7:40000"))));
+        assert!(!reload_allowed(Some(&peer("[2001:db8::1]:40000"))));
+        assert!(!reload_allowed(None));
     }
 }

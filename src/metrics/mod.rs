@@ -14,7 +14,9 @@ mod transport;
 
 use std::cell::{Cell, RefCell};
 
-pub use http::{serve as serve_http, ExtraMetrics, HttpError, HttpServer};
+pub use http::{
+    reload_allowed, serve as serve_http, ExtraMetrics, HttpError, HttpServer, ReloadHook,
+};
 pub use limits::{Limit, LimitCounters, LimitCounts};
 pub use recording::{RecordCounters, RecordCountersSnapshot};
 pub use stats::{DeliveryTotals, ShardStats, StreamStats, SubscriberStats};

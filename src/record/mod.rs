@@ -117,27 +117,36 @@ impl RecordConfig {
                 self.template
             )));
         }
-        let invalid = |what: String| Err(RecordError::Config(what));
+        let invalid = |knob, problem: String| Err(RecordError::Config { knob, problem });
         if self.dir.as_os_str().is_empty() {
-            return invalid("the record dir is empty".into());
+            return invalid("dir", "the record dir is empty".into());
         }
         if self.segment_secs == Some(0) {
-            return invalid("segment seconds must be at least 1".into());
+            return invalid("segment_secs", "segment seconds must be at least 1".into());
         }
         if self.segment_bytes.is_some_and(|b| b < MIN_SEGMENT_BYTES) {
-            return invalid(format!("segment bytes must be at least {MIN_SEGMENT_BYTES}"));
+            return invalid(
+                "segment_bytes",
+                format!("segment bytes must be at least {MIN_SEGMENT_BYTES}"),
+            );
         }
         if !(MIN_FLUSH_INTERVAL..=MAX_FLUSH_INTERVAL).contains(&self.flush_interval) {
-            return invalid(format!(
-                "flush interval {:?} must be within {:?}..={:?}",
-                self.flush_interval, MIN_FLUSH_INTERVAL, MAX_FLUSH_INTERVAL
-            ));
+            return invalid(
+                "flush_interval",
+                format!(
+                    "flush interval {:?} must be within {:?}..={:?}",
+                    self.flush_interval, MIN_FLUSH_INTERVAL, MAX_FLUSH_INTERVAL
+                ),
+            );
         }
         if !(MIN_BUFFER_BYTES..=MAX_BUFFER_BYTES).contains(&self.buffer_bytes) {
-            return invalid(format!(
-                "record buffer of {} bytes must be within {MIN_BUFFER_BYTES}..={MAX_BUFFER_BYTES}",
-                self.buffer_bytes
-            ));
+            return invalid(
+                "buffer_bytes",
+                format!(
+                    "record buffer of {} bytes must be within {MIN_BUFFER_BYTES}..={MAX_BUFFER_BYTES}",
+                    self.buffer_bytes
+                ),
+            );
         }
         Ok(())
     }
@@ -152,9 +161,10 @@ pub enum RecordError {
     /// The file name template is invalid.
     #[error("invalid record template: {0}")]
     Template(String),
-    /// Another recording knob is invalid.
-    #[error("invalid record config: {0}")]
-    Config(String),
+    /// Another recording knob is invalid: `knob` is the [`RecordConfig`] field, so the caller
+    /// can name its own setting for it.
+    #[error("invalid record config: {knob}: {problem}")]
+    Config { knob: &'static str, problem: String },
     /// Creating, writing or closing a file failed (full disk, permissions, ...).
     #[error("recording I/O failed: {0}")]
     Io(#[from] std::io::Error),

@@ -9,9 +9,10 @@
 //! The controlling thread (the binary's main thread, or a test) talks to shards through
 //! [`ServerHandle`]: snapshot requests and shutdown, polled by each shard off the media path.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -84,7 +85,68 @@ pub struct ShardSnapshot {
 enum Control {
     Snapshot(mpsc::Sender<ShardSnapshot>),
     Stats(mpsc::Sender<ShardStats>),
+    /// Run with this config's reloadable settings from now on (see `config::reload`); the
+    /// shard answers with its id once they are in force.
+    Reload(Arc<Config>, mpsc::Sender<usize>),
     Shutdown,
+}
+
+/// The shards' control channels, for threads other than the one holding the
+/// [`ServerHandle`]: the watchdog asks through them whether every shard still answers, and a
+/// reload hands each shard its new settings. Every request has a deadline: a shard that
+/// does not answer in time is named, never waited for without end.
+#[derive(Debug, Clone)]
+pub struct ShardControls {
+    senders: Arc<[mpsc::Sender<Control>]>,
+}
+
+impl ShardControls {
+    /// Sends one request to every shard, then waits until `deadline` for the answers: in shard
+    /// order, or the ids of the shards that did not answer.
+    fn ask_all<T>(
+        &self,
+        request: impl Fn(mpsc::Sender<T>) -> Control,
+        deadline: Duration,
+    ) -> Result<Vec<T>, Vec<usize>> {
+        let until = Instant::now() + deadline;
+        let replies: Vec<Option<mpsc::Receiver<T>>> = self
+            .senders
+            .iter()
+            .map(|control| {
+                let (tx, rx) = mpsc::channel();
+                control.send(request(tx)).ok().map(|()| rx)
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(replies.len());
+        let mut silent = Vec::new();
+        for (shard, reply) in replies.into_iter().enumerate() {
+            let left = until.saturating_duration_since(Instant::now());
+            match reply.map(|rx| rx.recv_timeout(left)) {
+                Some(Ok(answer)) => answers.push(answer),
+                _ => silent.push(shard),
+            }
+        }
+        if silent.is_empty() {
+            Ok(answers)
+        } else {
+            Err(silent)
+        }
+    }
+
+    /// Every shard's snapshot, if every shard answers within `deadline`: the watchdog's ping.
+    /// Otherwise the (thread) indices of the shards that did not.
+    pub fn snapshots_within(&self, deadline: Duration) -> Result<Vec<ShardSnapshot>, Vec<usize>> {
+        let mut snapshots = self.ask_all(Control::Snapshot, deadline)?;
+        snapshots.sort_by_key(|s| s.shard);
+        Ok(snapshots)
+    }
+
+    /// Hands every shard `config` (already planned by `config::plan_reload`); `Err` names the
+    /// shards that did not confirm within `deadline` (they apply it when they get to it).
+    pub fn reload(&self, config: &Config, deadline: Duration) -> Result<(), Vec<usize>> {
+        let config = Arc::new(config.clone());
+        self.ask_all(|reply| Control::Reload(config.clone(), reply), deadline).map(|_| ())
+    }
 }
 
 /// A running server: its addresses, its counters, and how to stop it.
@@ -114,6 +176,7 @@ impl std::fmt::Debug for Control {
         f.write_str(match self {
             Control::Snapshot(_) => "Snapshot",
             Control::Stats(_) => "Stats",
+            Control::Reload(..) => "Reload",
             Control::Shutdown => "Shutdown",
         })
     }
@@ -162,6 +225,11 @@ impl ServerHandle {
 
     pub fn shard_count(&self) -> usize {
         self.shards.len()
+    }
+
+    /// The shards' control channels, for another thread (watchdog, reload).
+    pub fn controls(&self) -> ShardControls {
+        ShardControls { senders: self.shards.iter().map(|s| s.control.clone()).collect() }
     }
 
     /// Where the HTTP control plane listens, when it runs.
@@ -277,6 +345,15 @@ fn io_memory_per_shard(shards: usize) -> usize {
 
 /// Starts the server and returns once every shard listens.
 pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
+    start_with(config, None)
+}
+
+/// [`start`], with `POST /reload` on the control plane answered by `reload` (the binary's
+/// reload path; without it the route answers 404).
+pub fn start_with(
+    config: &Config,
+    reload: Option<crate::metrics::ReloadHook>,
+) -> Result<ServerHandle, StartError> {
     config.validate()?;
     // Bind once up front: it reports a busy port before any thread starts, and with port 0 it
     // fixes the port every shard then binds to.
@@ -386,7 +463,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
             let authority = authority.clone();
             std::sync::Arc::new(move || authority.report().render())
         };
-        let http = crate::metrics::serve_http(config.http, gather, Some(extra))
+        let http = crate::metrics::serve_http(config.http, gather, Some(extra), reload)
             .map_err(|e| StartError::Http(e.to_string()))?;
         handle.http = Some(http);
     }
@@ -441,6 +518,7 @@ async fn wait_for_shutdown(
     control: &mpsc::Receiver<Control>,
     on_snapshot: impl Fn() -> ShardSnapshot,
     on_stats: impl Fn() -> Option<ShardStats>,
+    on_reload: impl Fn(&Config) -> Option<usize>,
 ) {
     loop {
         loop {
@@ -451,6 +529,11 @@ async fn wait_for_shutdown(
                 Ok(Control::Stats(reply)) => {
                     if let Some(stats) = on_stats() {
                         let _ = reply.send(stats);
+                    }
+                }
+                Ok(Control::Reload(config, reply)) => {
+                    if let Some(shard) = on_reload(&config) {
+                        let _ = reply.send(shard);
                     }
                 }
                 Ok(Control::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return,
@@ -505,7 +588,7 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
                     limits: LimitCounts::default(),
                     protocol_errors: Vec::new(),
                 };
-                wait_for_shutdown(&control, starting, || None).await;
+                wait_for_shutdown(&control, starting, || None, |_| None).await;
                 None
             })
             .await;
@@ -535,10 +618,15 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
         config.max_connections.div_ceil(shard_count).max(1),
     );
     ctx.debug_panic_key = config.debug_panic_on_key.clone();
+    ctx.debug_stall = config
+        .debug_stall_on_key
+        .clone()
+        .map(|key| (key, Duration::from_secs(config.debug_stall_secs)));
     ctx.auth = auth.for_shard(shard_id);
     drop(auth);
     let ctx = Rc::new(ctx);
-    let pushes = Rc::new(PushRelays::new(push, ctx.registry.settings().clone(), shard_id));
+    let shutdown_timeout = Rc::new(Cell::new(config.shutdown_timeout()));
+    let pushes = Rc::new(PushRelays::new(push, (*ctx.registry.settings()).clone(), shard_id));
     if !pushes.is_empty() {
         ctx.registry.add_publish_hook(pushes.clone());
     }
@@ -637,6 +725,7 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
     });
     let housekeeping = {
         let ctx = ctx.clone();
+        let shutdown_timeout = shutdown_timeout.clone();
         async move {
             let periodic = async {
                 let mut last_tick = Instant::now();
@@ -661,17 +750,30 @@ async fn serve_shard(setup: ShardSetup, control: mpsc::Receiver<Control>, ready:
                 };
                 Some(stats)
             };
-            periodic.or(wait_for_shutdown(&control, &snapshot, stats)).await;
+            let reload = |config: &Config| {
+                apply_reload(&ctx, &shutdown_timeout, config);
+                Some(shard_id)
+            };
+            periodic.or(wait_for_shutdown(&control, &snapshot, stats, reload)).await;
         }
     };
     async {
         accept_loop(listener).or(housekeeping).await;
         drop(test_accept);
         drop(tls_accept);
-        shut_down_gracefully(&ctx, config.shutdown_timeout()).await;
+        shut_down_gracefully(&ctx, shutdown_timeout.get()).await;
     }
     .instrument(span)
     .await;
+}
+
+/// A reload on this shard: everything the shard holds that a reload may change is rebuilt
+/// from `config`, whose restart-only settings are those it started with
+/// (`config::plan_reload`). A feature with reloadable settings of its own (access policies,
+/// origins, relays) rebuilds them here too.
+fn apply_reload(ctx: &ConnContext, shutdown_timeout: &Cell<Duration>, config: &Config) {
+    ctx.registry.reload(config.relay_settings());
+    shutdown_timeout.set(config.shutdown_timeout());
 }
 
 /// After the shutdown request, with no listener accepting any more: every publish ends as if its

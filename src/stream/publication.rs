@@ -78,7 +78,7 @@ impl Publication {
             // frames the same way.
             Route::Owner(stream) => {
                 if stream.publisher().is_some_and(|p| p.conn_id == self.conn_id) {
-                    stream.relay_frame(Rc::new(frame), now, settings, counters);
+                    stream.relay_frame(Rc::new(frame), now, &settings, counters);
                 }
             }
             Route::Forward { owner, uid, skipping } => {

@@ -382,9 +382,15 @@ pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 
 /// GET `path`; returns (status, body).
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    request(addr, "GET", path)
+}
+
+/// `method` `path` with an empty body; returns (status, body).
+pub fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut socket = TcpStream::connect(addr).expect("connect to the control plane");
     socket.set_read_timeout(Some(WAIT)).expect("timeout");
-    write!(socket, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").expect("request");
+    write!(socket, "{method} {path} HTTP/1.0\r\nHost: test\r\nContent-Length: 0\r\n\r\n")
+        .expect("request");
     let mut response = String::new();
     socket.read_to_string(&mut response).expect("response");
     let (head, body) = response.split_once("\r\n\r\n").expect("header/body split");
@@ -436,6 +442,9 @@ impl Metrics {
 pub struct RelayProcess {
     child: std::process::Child,
     pub addr: SocketAddr,
+    /// The control plane's address, when it runs ([`RelayProcess::launch`] without
+    /// `--no-http`).
+    pub http: Option<SocketAddr>,
     lines: std::sync::mpsc::Receiver<Result<serde_json::Value, String>>,
     /// Lines read while waiting for another: a later wait may want them.
     unmatched: std::cell::RefCell<Vec<serde_json::Value>>,
@@ -455,10 +464,24 @@ impl RelayProcess {
     }
 
     fn spawn(mut command: std::process::Command, extra: &[&str]) -> RelayProcess {
-        let mut child = command
-            .args(["--log-format", "json", "--listen", "127.0.0.1:0", "--no-http"])
+        command
+            .args(["--listen", "127.0.0.1:0", "--no-http"])
             .args(["--shards", "2", "--log-level", "info"])
-            .args(extra)
+            .args(extra);
+        Self::launch_command(command)
+    }
+
+    /// The binary with only `args` (and `--log-format json`) and these environment variables:
+    /// what it listens on comes from `args` or the `--config` file they name.
+    pub fn launch(args: &[&str], env: &[(&str, &str)]) -> RelayProcess {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rtmp-relay"));
+        command.args(args).envs(env.iter().copied());
+        Self::launch_command(command)
+    }
+
+    fn launch_command(mut command: std::process::Command) -> RelayProcess {
+        let mut child = command
+            .args(["--log-format", "json"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -478,6 +501,7 @@ impl RelayProcess {
         let mut relay = RelayProcess {
             child,
             addr: "0.0.0.0:0".parse().expect("address"),
+            http: None,
             lines,
             unmatched: Default::default(),
         };
@@ -488,7 +512,33 @@ impl RelayProcess {
         });
         let addr = listening["fields"]["addr"].as_str().expect("addr field");
         relay.addr = addr.parse().expect("socket address");
+        // The control plane starts (and says so) before the server says it listens.
+        let http = relay
+            .unmatched
+            .borrow()
+            .iter()
+            .position(|log| log["fields"]["message"] == "http control plane listening");
+        if let Some(i) = http {
+            let log = relay.unmatched.borrow_mut().remove(i);
+            relay.http = log["fields"]["addr"].as_str().and_then(|a| a.parse().ok());
+        }
         relay
+    }
+
+    /// Every log line read so far and not taken by a wait, oldest first (the buffer empties).
+    pub fn take_lines(&self) -> Vec<serde_json::Value> {
+        while let Ok(line) = self.lines.try_recv() {
+            match line {
+                Ok(log) => self.unmatched.borrow_mut().push(log),
+                Err(line) => panic!("a log line is not JSON: {line}"),
+            }
+        }
+        std::mem::take(&mut *self.unmatched.borrow_mut())
+    }
+
+    /// The process id, for signals sent by other means.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The first log line that `matches`, among the lines not taken yet, waiting up to

@@ -57,7 +57,7 @@ impl Registry {
                 if let Some(stream) =
                     stream.filter(|s| s.publisher().is_some_and(|p| p.conn_id == conn_id))
                 {
-                    stream.relay_frame(Rc::new(frame), now, &self.settings, &self.counters);
+                    stream.relay_frame(Rc::new(frame), now, &self.settings(), &self.counters);
                 }
             }
             ShardMessage::Unpublish { uid, conn_id } => {
@@ -73,7 +73,7 @@ impl Registry {
                 let (publisher, frames) = stream.add_mirror_shard(
                     from,
                     self.outbox(from).clone(),
-                    &self.settings.encoder,
+                    &self.settings().encoder,
                 );
                 self.outbox(from).push(ShardMessage::Snapshot {
                     key,
@@ -102,7 +102,7 @@ impl Registry {
                 if let Some(mirror) = self.get(&key).filter(|s| s.is_mirror()) {
                     mirror.set_uid(uid);
                     self.by_uid.borrow_mut().insert(uid, mirror.clone());
-                    mirror.load_snapshot(publisher, frames, now, &self.settings);
+                    mirror.load_snapshot(publisher, frames, now, &self.settings());
                 }
                 let waiters = self.snapshot_waiters.borrow_mut().remove(&key);
                 for waiter in waiters.into_iter().flatten() {
@@ -112,19 +112,19 @@ impl Registry {
             ShardMessage::Frame { uid, frame } => {
                 let mirror = self.by_uid.borrow().get(&uid).cloned();
                 if let Some(mirror) = mirror.filter(|s| s.is_mirror()) {
-                    mirror.relay_frame(Rc::new(frame), now, &self.settings, &self.counters);
+                    mirror.relay_frame(Rc::new(frame), now, &self.settings(), &self.counters);
                 }
             }
             ShardMessage::Published { uid, publisher } => {
                 let mirror = self.by_uid.borrow().get(&uid).cloned();
                 if let Some(mirror) = mirror.filter(|s| s.is_mirror()) {
-                    let _ = mirror.start_publishing(publisher, now, &self.settings);
+                    let _ = mirror.start_publishing(publisher, now, &self.settings());
                 }
             }
             ShardMessage::Unpublished { uid } => {
                 let mirror = self.by_uid.borrow().get(&uid).cloned();
                 if let Some(mirror) = mirror.filter(|s| s.is_mirror()) {
-                    mirror.stop_publishing(None, now, &self.settings);
+                    mirror.stop_publishing(None, now, &self.settings());
                 }
             }
         }

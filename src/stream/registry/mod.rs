@@ -61,7 +61,9 @@ pub struct Registry {
     next_probe: Cell<u64>,
     next_uid: Cell<u64>,
     next_token: Cell<u64>,
-    settings: RelaySettings,
+    /// Replaced whole by [`Registry::reload`]; each use takes its own reference, so a reload
+    /// never meets a borrow.
+    settings: RefCell<Rc<RelaySettings>>,
     counters: Rc<ShardCounters>,
     record_counters: Rc<RecordCounters>,
     /// Recordings finishing in the background (their files not yet closed).
@@ -102,7 +104,7 @@ impl Registry {
             // Uids carry the shard id in the top bits: unique across shards.
             next_uid: Cell::new((shard_id as u64) << 48),
             next_token: Cell::new(0),
-            settings,
+            settings: RefCell::new(Rc::new(settings)),
             counters,
             record_counters: Rc::default(),
             recordings_closing: Rc::default(),
@@ -139,8 +141,20 @@ impl Registry {
         self.hooks.borrow().iter().any(|hook| hook.claims(key))
     }
 
-    pub fn settings(&self) -> &RelaySettings {
-        &self.settings
+    /// The settings in force now (a reload may replace them between two calls).
+    pub fn settings(&self) -> Rc<RelaySettings> {
+        self.settings.borrow().clone()
+    }
+
+    /// A reload: from now on the shard runs with `settings`. The slow-player policy and the
+    /// stream and player limits apply at once, to the streams and players already there too;
+    /// the late-join cache limits and the recording choice apply to streams that start from
+    /// now on. The chunk encoder is kept: every player was told its chunk size when it
+    /// connected, so it only changes with a restart.
+    pub fn reload(&self, settings: RelaySettings) {
+        let mut current = self.settings.borrow_mut();
+        let encoder = current.encoder;
+        *current = Rc::new(RelaySettings { encoder, ..settings });
     }
 
     pub fn counters(&self) -> &ShardCounters {
@@ -196,7 +210,7 @@ impl Registry {
         if let Some(stream) = self.get(&key) {
             return Ok(stream);
         }
-        if self.stream_count() >= self.settings.max_streams {
+        if self.stream_count() >= self.settings().max_streams {
             self.counters.limit_tripped(Limit::MaxStreamsPerShard);
             return Err(Limit::MaxStreamsPerShard);
         }
@@ -212,7 +226,7 @@ impl Registry {
             self.next_uid.set(uid);
             uid
         };
-        let stream = Rc::new(Stream::new(key.clone(), uid, mirror, self.settings.cache, now));
+        let stream = Rc::new(Stream::new(key.clone(), uid, mirror, self.settings().cache, now));
         self.streams.borrow_mut().insert(key.clone(), stream.clone());
         if mirror {
             self.counters.mirrors.inc();
@@ -246,7 +260,7 @@ impl Registry {
     /// StreamEOF + UnpublishNotify, recordings are finished). Mirrors tell their own players.
     pub fn shutdown(&self, now: Instant) {
         for stream in self.streams() {
-            if stream.stop_publishing(None, now, &self.settings) && !stream.is_mirror() {
+            if stream.stop_publishing(None, now, &self.settings()) && !stream.is_mirror() {
                 self.counters.publishers.dec();
                 self.hook_unpublished(&stream, now);
             }
@@ -258,10 +272,10 @@ impl Registry {
     /// it). Checked before the play is answered, so a refused player hears why.
     pub fn check_play(&self, key: &StreamKey) -> Result<(), Limit> {
         let refused = match self.get(key) {
-            Some(stream) if stream.subscriber_count() >= self.settings.max_subscribers => {
+            Some(stream) if stream.subscriber_count() >= self.settings().max_subscribers => {
                 Limit::MaxPlayersPerStream
             }
-            None if self.stream_count() >= self.settings.max_streams => Limit::MaxStreamsPerShard,
+            None if self.stream_count() >= self.settings().max_streams => Limit::MaxStreamsPerShard,
             _ => return Ok(()),
         };
         self.counters.limit_tripped(refused);
@@ -320,7 +334,7 @@ impl Registry {
         now: Instant,
     ) -> Result<Rc<Stream>, Limit> {
         let stream = self.get_or_create(key, now)?;
-        stream.add_subscriber(subscriber, now, &self.settings);
+        stream.add_subscriber(subscriber, now, &self.settings());
         self.counters.plays.inc();
         self.counters.subscribers.inc();
         if !stream.is_mirror() {
@@ -380,7 +394,7 @@ impl Registry {
             .filter(|s| {
                 s.subscriber_count() > 0
                     && s.idle_since()
-                        .is_some_and(|t| now.duration_since(t) >= self.settings.republish_wait)
+                        .is_some_and(|t| now.duration_since(t) >= self.settings().republish_wait)
             })
             .cloned()
             .collect();
@@ -389,7 +403,7 @@ impl Registry {
             info!(stream = %stream.key, players = subscribers.len(), "no publisher in time: stopping players");
             notify_all(
                 &subscribers,
-                &self.settings,
+                &self.settings(),
                 &stream.key.name,
                 now,
                 rtmp_proto::session::notify::play_stopped,

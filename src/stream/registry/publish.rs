@@ -234,7 +234,7 @@ impl Registry {
     ) -> Result<Rc<Stream>, PublishRefused> {
         debug_assert!(self.owns(&key), "publish on the owner shard only");
         let stream = self.get_or_create(key, now).map_err(PublishRefused::Limit)?;
-        if let Err(refused) = stream.start_publishing(publisher, now, &self.settings) {
+        if let Err(refused) = stream.start_publishing(publisher, now, &self.settings()) {
             self.remove_if_unused(&stream);
             return Err(refused);
         }
@@ -266,8 +266,9 @@ impl Registry {
     /// be a safe file name is logged and counted by `Recorder::start`; the stream is relayed
     /// either way.
     pub(super) fn start_recording(&self, stream: &Stream) {
-        let Some(config) = self.settings.record.as_ref() else { return };
-        if !self.settings.records(&stream.key.app) {
+        let settings = self.settings();
+        let Some(config) = settings.record.as_ref() else { return };
+        if !settings.records(&stream.key.app) {
             return;
         }
         let started = Recorder::start(
@@ -358,7 +359,7 @@ impl Registry {
 
     /// Ends `conn_id`'s publishing of `stream` (owned here).
     pub fn unpublish(&self, stream: &Rc<Stream>, conn_id: u64, now: Instant) {
-        if stream.stop_publishing(Some(conn_id), now, &self.settings) {
+        if stream.stop_publishing(Some(conn_id), now, &self.settings()) {
             self.counters.publishers.dec();
             self.finish_recording(stream);
             self.hook_unpublished(stream, now);
