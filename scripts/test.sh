@@ -33,7 +33,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # (README, Coverage).
 echo "== coverage script check"
 bash -n scripts/coverage.sh
-if command -v rustup >/dev/null 2>&1 && ! rustup component list --installed | grep -q '^llvm-tools'; then
+if command -v rustup >/dev/null 2>&1 && [[ $(rustup component list --installed) != *llvm-tools* ]]; then
     rustup component add llvm-tools-preview
 fi
 ./scripts/coverage.sh --self-test
