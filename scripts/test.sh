@@ -30,5 +30,20 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The coverage script (issue 18). A full instrumented run roughly doubles the test time, so
+# every run checks only what breaks it without tests failing: that it parses and that its filter
+# of unreadable profiles works (a fixture, seconds). RTMP_RELAY_COVERAGE=1 adds the full run
+# (README, Coverage).
+echo "== coverage script check"
+bash -n scripts/coverage.sh
+if command -v rustup >/dev/null 2>&1 && [[ $(rustup component list --installed) != *llvm-tools* ]]; then
+    rustup component add llvm-tools-preview
+fi
+./scripts/coverage.sh --self-test
 echo "== cargo test"
 cargo test --workspace --locked
+if [ "${RTMP_RELAY_COVERAGE:-0}" = 1 ]; then
+    echo "== coverage (RTMP_RELAY_COVERAGE=1)"
+    cargo llvm-cov --version >/dev/null 2>&1 || cargo install cargo-llvm-cov --locked
+    ./scripts/coverage.sh
+fi

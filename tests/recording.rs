@@ -751,15 +751,23 @@ fn a_full_disk_stops_the_recording_and_leaves_a_readable_file() {
 #[ignore = "child half of a_full_disk_stops_the_recording_and_leaves_a_readable_file"]
 fn disk_full_child() {
     let Some(dir) = std::env::var_os(CHILD_ENV) else { return };
-    // Writes past FSIZE_LIMIT fail with EFBIG, as writes to a full disk fail with ENOSPC.
-    let limit = libc::rlimit { rlim_cur: FSIZE_LIMIT, rlim_max: FSIZE_LIMIT };
+    // Writes past FSIZE_LIMIT fail with EFBIG, as writes to a full disk fail with ENOSPC. Only
+    // the soft limit, and only while recording: this process writes files of its own at exit
+    // (a coverage build its profile, which the limit would cut to FSIZE_LIMIT bytes).
+    let mut before = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: plain libc calls on values we own; SIG_IGN keeps SIGXFSZ from killing us.
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut before), 0, "getrlimit");
+        let limit = libc::rlimit { rlim_cur: FSIZE_LIMIT, rlim_max: before.rlim_max };
         assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0, "setrlimit");
     }
     let config = config(Path::new(&dir));
     let (result, counters) = record(config, "full", source_frames());
+    // SAFETY: as above; raising the soft limit back to where it was is always allowed.
+    unsafe {
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &before), 0, "restore the limit");
+    }
     match result {
         Err(RecordError::Io(e)) => eprintln!("recording stopped as expected: {e}"),
         other => panic!("expected an I/O error, got {other:?}"),

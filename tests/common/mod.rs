@@ -436,7 +436,7 @@ impl Metrics {
     }
 }
 
-/// The real binary (`rtmp-relay`, two shards) logging JSON to stdout, killed when dropped.
+/// The real binary (`rtmp-relay`, two shards) logging JSON to stdout, stopped when dropped.
 /// Every stdout line goes through a channel: `Ok` when it parses as JSON, `Err` with the line
 /// when it does not.
 pub struct RelayProcess {
@@ -566,7 +566,25 @@ impl RelayProcess {
 }
 
 impl Drop for RelayProcess {
+    /// Ends the process as an operator would, so that it leaves through `main` (and a
+    /// coverage build writes its profile, which SIGKILL loses): SIGTERM (a graceful shutdown,
+    /// milliseconds once the test's clients are gone), a second SIGTERM if that still waits on
+    /// something (exit at once), and SIGKILL only if the process ignored both.
     fn drop(&mut self) {
+        for patience in [Duration::from_secs(2), Duration::from_secs(5)] {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return; // exited (and reaped) already, or cannot be waited for
+            }
+            // SAFETY: kill(2) on the pid of a child we own and have not reaped.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + patience;
+            while Instant::now() < deadline {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
