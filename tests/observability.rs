@@ -178,10 +178,12 @@ fn a_slow_player_shows_in_drops_and_lag() {
     let subscriber = &json["subscribers"][0];
     assert!(subscriber["dropped"].as_u64() > Some(0), "{subscriber}");
     assert!(subscriber["queue_bytes"].as_u64() > Some(0), "{subscriber}");
-    // Lag is measured per track since 9560db7: skipping starts as soon as the next frame would
-    // put the queue past the soft lag, so the stalled player stays within a frame or two of it.
-    let lag = subscriber["lag_ms"].as_u64().expect("lag_ms");
-    assert!((500 - 2 * 33..=500).contains(&lag), "behind live by the soft lag: {subscriber}");
+    // From the oldest frame still queued to the stream's newest (per track): what it skipped
+    // counts too, so the stalled player shows as far behind live as it is.
+    assert!(
+        subscriber["lag_ms"].as_u64() > Some(500),
+        "behind live by more than the soft lag: {subscriber}"
+    );
     stalled.close();
 }
 

@@ -54,7 +54,8 @@ fn one_publisher_five_players_lose_nothing() {
     // back-fills a stall).
     assert!(players["latency_us"]["count"].as_u64().unwrap_or(0) >= live, "{report:#}");
     // Loose bound: loopback, but CI machines are noisy.
-    assert!(players["latency_us"]["p50"].as_u64().unwrap_or(u64::MAX) < 100_000, "{report:#}");
+    // Generous: CI's two cores are busy; a healthy relay is well under a millisecond here.
+    assert!(players["latency_us"]["p50"].as_u64().unwrap_or(u64::MAX) < 500_000, "{report:#}");
     assert_eq!(report["intervals"].as_array().map(Vec::len), Some(3));
     assert!(report["server"]["cpu_s"].as_f64().is_some(), "{report:#}");
 }
