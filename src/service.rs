@@ -98,8 +98,8 @@ pub fn run(args: Vec<OsString>, config: Config) -> ExitCode {
                 // reloader's thread) and the access-control keys.
                 server.request_tls_reload();
                 match server.reload_auth_keys() {
-                    Ok(keys) => info!(keys, source, "auth keys reloaded"),
-                    Err(e) => warn!(error = %e, source, "auth keys not reloaded"),
+                    Ok(keys) => info!(keys, "{source}: auth keys reloaded"),
+                    Err(e) => warn!(error = %e, "{source}: auth keys not reloaded"),
                 }
                 let outcome = reload(&args, &mut running, &server.controls(), source);
                 if let Some(reply) = reply {
