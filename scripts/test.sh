@@ -54,3 +54,11 @@ if [ "${RTMP_RELAY_COVERAGE:-0}" = 1 ]; then
     cargo llvm-cov --version >/dev/null 2>&1 || cargo install cargo-llvm-cov --locked
     ./scripts/coverage.sh
 fi
+# The Debian package needs cargo-deb, which `cargo install` compiles from source in about 12
+# minutes on this 2-core machine, plus a release build: too much for every run.
+# RTMP_RELAY_PACKAGE=1 builds the package and checks its contents (scripts/package.sh);
+# tests/operations.rs checks the package's sources on every run.
+if [ "${RTMP_RELAY_PACKAGE:-0}" = 1 ]; then
+    echo "== Debian package (RTMP_RELAY_PACKAGE=1)"
+    ./scripts/package.sh
+fi
