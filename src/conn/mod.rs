@@ -144,15 +144,8 @@ impl ConnContext {
     /// in it), so a fast xorshift is enough.
     fn random_bytes(&self) -> Vec<u8> {
         let mut state = self.rng.get();
-        let mut out = Vec::with_capacity(RANDOM_LEN);
-        while out.len() < RANDOM_LEN {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            out.extend_from_slice(&state.to_le_bytes());
-        }
+        let out = handshake_random(&mut state);
         self.rng.set(state);
-        out.truncate(RANDOM_LEN);
         out
     }
 }
@@ -189,11 +182,30 @@ async fn serve_over(
 
 /// `future`'s output, unless `limit` passes first. Every wait of a connection is bounded, and
 /// this is the one way it is bounded.
-async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Option<T> {
+pub async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Option<T> {
     async { Some(future.await) }
         .or(async {
             glommio::timer::sleep(limit).await;
             None
         })
         .await
+}
+
+/// xorshift64: jitter and handshake filler, not secrets.
+pub fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// The random part of an RTMP handshake (server or client side). The handshake's randomness
+/// protects nothing (RTMP has no secret in it), so a fast xorshift is enough.
+pub fn handshake_random(state: &mut u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(RANDOM_LEN + 8);
+    while out.len() < RANDOM_LEN {
+        out.extend_from_slice(&xorshift(state).to_le_bytes());
+    }
+    out.truncate(RANDOM_LEN);
+    out
 }

@@ -252,12 +252,10 @@ impl PushRelays {
     }
 
     fn next_seed(&self) -> u64 {
-        let mut x = self.rng.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng.set(x);
-        x
+        let mut state = self.rng.get();
+        let seed = crate::conn::xorshift(&mut state);
+        self.rng.set(state);
+        seed
     }
 }
 

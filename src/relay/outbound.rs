@@ -2,17 +2,18 @@
 //! (DNS off the shard, TCP, TLS), time bounds, and the reconnect policy (exponential backoff
 //! with jitter).
 
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_lite::FutureExt;
+use bytes::BytesMut;
 use glommio::net::TcpStream;
-use rtmp_proto::handshake::RANDOM_LEN;
+use rtmp_proto::session::{ClientEvent, ClientSession};
 use rustls::pki_types::ServerName;
 
 use crate::conn::Socket;
+pub(super) use crate::conn::{handshake_random, within, xorshift};
+use crate::stream::OutQueue;
 
 /// The wait after the `n`th failure in a row (`n` >= 1): `min * 2^(n-1)` capped at `max`,
 /// then a random point in its upper half, so sessions that fail together do not retry
@@ -20,26 +21,8 @@ use crate::conn::Socket;
 pub(super) fn backoff(min: Duration, max: Duration, n: u32, seed: &mut u64) -> Duration {
     let base = min.saturating_mul(1u32 << n.saturating_sub(1).min(16));
     let base = base.min(max);
-    let fraction = 0.5 + (next(seed) % 1000) as f64 / 2000.0;
+    let fraction = 0.5 + (xorshift(seed) % 1000) as f64 / 2000.0;
     base.mul_f64(fraction)
-}
-
-/// xorshift64: jitter and handshake bytes, not secrets.
-pub(super) fn next(seed: &mut u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed
-}
-
-/// `future`'s output unless `limit` passes first.
-pub(super) async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Option<T> {
-    async { Some(future.await) }
-        .or(async {
-            glommio::timer::sleep(limit).await;
-            None
-        })
-        .await
 }
 
 /// The peer's address: an IP literal as it is, a name resolved on a thread of its own (a
@@ -71,14 +54,28 @@ pub(super) async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String>
     }
 }
 
-/// Random bytes for the client side of the RTMP handshake.
-pub(super) fn random_bytes(seed: &mut u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(RANDOM_LEN + 8);
-    while out.len() < RANDOM_LEN {
-        out.extend_from_slice(&next(seed).to_le_bytes());
+/// Queues what `session` has to send.
+pub(super) fn flush(session: &mut ClientSession, queue: &OutQueue) {
+    let now = Instant::now();
+    while let Some(bytes) = session.poll_transmit() {
+        queue.push_bytes(bytes, now);
     }
-    out.truncate(RANDOM_LEN);
-    out
+}
+
+/// Hands `bytes` just read to `session` (with what is left of `input`) and returns its events.
+/// A protocol error ends the attempt.
+pub(super) fn decode(
+    session: &mut ClientSession,
+    input: &mut BytesMut,
+    bytes: &[u8],
+) -> Result<Vec<ClientEvent>, String> {
+    input.extend_from_slice(bytes);
+    session.handle_input(input).map_err(|e| format!("protocol: {e}"))?;
+    let mut events = Vec::new();
+    while let Some(event) = session.poll_event() {
+        events.push(event);
+    }
+    Ok(events)
 }
 
 /// Resolves `host`, connects, and for `tls` completes the TLS handshake (verified as

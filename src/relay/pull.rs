@@ -35,7 +35,7 @@ use rtmp_proto::command::code;
 use rtmp_proto::session::{ClientEvent, ClientSession, SessionConfig};
 use tracing::{debug, info, warn, Instrument};
 
-use super::outbound::{backoff, open, random_bytes, within};
+use super::outbound::{backoff, decode, flush, handshake_random, open, within};
 use super::{Destination, Target};
 use crate::conn::{ConnContext, Socket};
 use crate::metrics::{Limit, PullState, PullStats};
@@ -288,7 +288,7 @@ impl PullRelays {
             return;
         }
         let mut seed = self.rng.get();
-        let seed = super::outbound::next(&mut seed);
+        let seed = super::outbound::xorshift(&mut seed);
         self.rng.set(seed);
         info!(stream = %pull.key, source = %pull.target.masked, mode = pull.mode.as_str(),
             "pull starting");
@@ -485,7 +485,7 @@ async fn attempt(
         })
     };
     let mut conn = PullConn { pull, socket, queue, addr, input: BytesMut::new() };
-    let session = ClientSession::new(settings.session, 0, &random_bytes(seed), false);
+    let session = ClientSession::new(settings.session, 0, &handshake_random(seed), false);
     let reason = conn.session(session, settings, ctx, in_flight).await;
     conn.queue.close(CloseReason::ConnectionEnded);
     conn.socket.shutdown();
@@ -590,10 +590,7 @@ impl PullConn<'_> {
     }
 
     fn flush(&self, session: &mut ClientSession) {
-        let now = Instant::now();
-        while let Some(bytes) = session.poll_transmit() {
-            self.queue.push_bytes(bytes, now);
-        }
+        flush(session, &self.queue);
     }
 
     /// Reads once and returns the session's events. An end of stream, a socket error or a
@@ -606,13 +603,7 @@ impl PullConn<'_> {
             Err(e) => return Err(format!("{}: {e}", self.addr)),
         };
         self.pull.bytes_in.set(self.pull.bytes_in.get() + n as u64);
-        self.input.extend_from_slice(&buf[..n]);
-        session.handle_input(&mut self.input).map_err(|e| format!("protocol: {e}"))?;
-        let mut events = Vec::new();
-        while let Some(event) = session.poll_event() {
-            events.push(event);
-        }
-        Ok(events)
+        decode(session, &mut self.input, &buf[..n])
     }
 }
 

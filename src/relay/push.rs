@@ -15,7 +15,7 @@ use rtmp_proto::command::code;
 use rtmp_proto::session::{ClientEvent, ClientSession};
 use tracing::{info, warn};
 
-use super::outbound::{backoff, open, random_bytes, within};
+use super::outbound::{backoff, decode, flush, handshake_random, open, within};
 use super::{PushSettings, Target};
 use crate::conn::Socket;
 use crate::metrics::{PushState, PushStats};
@@ -215,7 +215,7 @@ async fn attempt(
             result
         })
     };
-    let mut session = ClientSession::new(settings.session, 0, &random_bytes(seed), false);
+    let mut session = ClientSession::new(settings.session, 0, &handshake_random(seed), false);
     let mut conn = PushConn { handle, socket, queue: queue.clone(), addr, input: BytesMut::new() };
     conn.flush(&mut session);
 
@@ -334,10 +334,7 @@ struct PushConn<'a> {
 
 impl PushConn<'_> {
     fn flush(&self, session: &mut ClientSession) {
-        let now = Instant::now();
-        while let Some(bytes) = session.poll_transmit() {
-            self.queue.push_bytes(bytes, now);
-        }
+        flush(session, &self.queue);
     }
 
     /// Reads once and returns the session's events. An end of stream, a socket error or a
@@ -353,13 +350,7 @@ impl PushConn<'_> {
             Ok(n) => n,
             Err(e) => return Err(cut().unwrap_or_else(|| format!("{} : {e}", self.addr))),
         };
-        self.input.extend_from_slice(&buf[..n]);
-        session.handle_input(&mut self.input).map_err(|e| format!("protocol: {e}"))?;
-        let mut events = Vec::new();
-        while let Some(event) = session.poll_event() {
-            events.push(event);
-        }
-        Ok(events)
+        decode(session, &mut self.input, &buf[..n])
     }
 
     /// Ends the connection: what is queued goes out within a bound (all of it on a graceful
