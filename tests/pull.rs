@@ -516,10 +516,13 @@ fn pull_attempts_over_their_limits_wait_and_are_counted() {
         edge.limit_trips(Limit::PullAttemptsInFlight) >= 1
             && edge.limit_trips(Limit::PullAttemptsPerSec) >= 1
     });
-    // One attempt a second at most, whatever the backoff would allow.
-    std::thread::sleep(Duration::from_secs(2));
-    let attempts: u64 = pulls(&edge).iter().map(|p| p.failures).sum();
-    assert!(attempts <= 6, "{attempts} attempts in about 3 s with one allowed a second");
+    // One attempt a second at most, whatever the backoff would allow. Counted over a window
+    // of its own: how long the limits took to trip depends on how busy the machine is.
+    let failures = || -> u64 { pulls(&edge).iter().map(|p| p.failures).sum() };
+    let before = failures();
+    std::thread::sleep(Duration::from_secs(3));
+    let attempts = failures() - before;
+    assert!(attempts <= 5, "{attempts} attempts in about 3 s with one allowed a second");
     drop(silent);
     edge.shutdown();
 }
